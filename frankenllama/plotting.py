@@ -1,0 +1,44 @@
+"""One figure style and one way to save figures (PDF for the thesis, PNG for a quick look).
+
+Colours come from the Okabe–Ito palette, which stays distinguishable under the common forms of
+colour blindness; sizes target a single column (3.4 in) or the full text width (7 in).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+PALETTE: list[str] = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+COLUMN_WIDTH = 3.4  # inches
+TEXT_WIDTH = 7.0  # inches
+SEQUENTIAL_CMAP = "viridis"
+
+
+def set_style() -> None:
+    """Apply the workbook's plotting style (call at the top of a notebook)."""
+    sns.set_theme(context="paper", style="ticks", palette=PALETTE, font_scale=1.0)
+    plt.rcParams.update(
+        {
+            "figure.dpi": 110,
+            "savefig.dpi": 300,
+            "savefig.bbox": "tight",
+            "pdf.fonttype": 42,  # embed TrueType so text stays editable in the PDF
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+            "legend.frameon": False,
+        }
+    )
+
+
+def save_figure(fig: plt.Figure, name: str, out_dir: Path) -> list[Path]:
+    """Write ``fig`` as ``<out_dir>/<name>.pdf`` and ``.png``; return both paths."""
+    if not name or "/" in name or name.endswith((".pdf", ".png")):
+        raise ValueError(f"figure name {name!r} must be a bare stem such as 'bi_per_layer'")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.pdf", out_dir / f"{name}.png"]
+    for path in paths:
+        fig.savefig(path, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+    return paths

@@ -1,0 +1,91 @@
+"""Layer surgery: remove whole decoder blocks and get back a real, smaller, vanilla model.
+
+The pruned model is an ordinary transformers model of the same class with fewer blocks:
+``config.num_hidden_layers`` (and ``config.layer_types`` where present) describe the new depth, and
+every attention module's ``layer_idx`` is renumbered so the KV cache indexes the surviving blocks.
+Saved with ``save_pretrained`` it reloads with plain ``AutoModelForCausalLM.from_pretrained``.
+
+Lineage is kept in ``config.frankenllama`` (a plain dict saved in ``config.json``): the original
+depth and the original index of every surviving block, so successive drops compose and later stages
+(healing, evaluation) know which layers were removed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from frankenllama.models import decoder_layers
+
+
+def check_layer_ids(layers: Iterable[int], num_layers: int, allow_all: bool = False) -> list[int]:
+    """Validate block indices against a model of ``num_layers`` blocks; return them sorted.
+
+    Refuses non-integers, out-of-range and duplicate ids, and (unless ``allow_all``) removing every
+    block, with a message that says how to fix the call.
+    """
+    ids = list(layers)
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int)]
+    if bad:
+        raise TypeError(f"layer ids must be integers, got {bad!r}")
+    out = [i for i in ids if not 0 <= i < num_layers]
+    if out:
+        raise ValueError(f"layer ids {out} out of range: the model has layers 0 … {num_layers - 1}")
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"duplicate layer ids {dupes}: name each layer once")
+    if not allow_all and len(ids) >= num_layers:
+        raise ValueError(f"cannot remove all {num_layers} layers: keep at least one")
+    return sorted(ids)
+
+
+def lineage(model: PreTrainedModel) -> dict[str, Any]:
+    """``{"original_num_hidden_layers": L0, "kept_layers": [...]}`` of a (possibly pruned) model."""
+    record = getattr(model.config, "frankenllama", None) or {}
+    num = len(decoder_layers(model))
+    return {
+        "original_num_hidden_layers": record.get("original_num_hidden_layers", num),
+        "kept_layers": list(record.get("kept_layers", range(num))),
+    }
+
+
+def removed_layers(model: PreTrainedModel) -> list[int]:
+    """Original indices of the blocks removed from ``model`` so far (empty for an unpruned model)."""
+    record = lineage(model)
+    return sorted(set(range(record["original_num_hidden_layers"])) - set(record["kept_layers"]))
+
+
+def renumber_layers(model: PreTrainedModel) -> None:
+    """Set ``layer_idx`` of every module inside block i to i (the KV cache is indexed by it)."""
+    for new_idx, block in enumerate(decoder_layers(model)):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_idx
+
+
+def drop_layers(model: PreTrainedModel, layers: Iterable[int], inplace: bool = False) -> PreTrainedModel:
+    """Remove decoder blocks ``layers`` (indices into the current model) and return the smaller model.
+
+    The source model is untouched unless ``inplace``; tied input/output embeddings stay tied (one
+    deep copy keeps shared parameters shared). An empty ``layers`` returns an unpruned copy.
+    """
+    blocks = decoder_layers(model)
+    drop = set(check_layer_ids(layers, len(blocks)))
+    before = lineage(model)
+    target = model if inplace else copy.deepcopy(model)
+    keep = [i for i in range(len(blocks)) if i not in drop]
+    target.model.layers = nn.ModuleList(decoder_layers(target)[i] for i in keep)
+    config = target.config
+    config.num_hidden_layers = len(keep)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = [config.layer_types[i] for i in keep]
+    config.frankenllama = {
+        "original_num_hidden_layers": before["original_num_hidden_layers"],
+        "kept_layers": [before["kept_layers"][i] for i in keep],
+    }
+    renumber_layers(target)
+    return target
