@@ -137,6 +137,20 @@ def model_folder(name_or_path: str | Path) -> Path:
     )
 
 
+def check_architecture(folder: Path) -> None:
+    """Refuse a non-llama-family folder before reading its weights (its skeleton is built on the meta device)."""
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except ValueError as exc:
+        raise UnsupportedModelError(
+            f"{folder} holds a {config.model_type!r} model, which is not a causal LM; frankenllama needs a "
+            "llama-family decoder (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, …)"
+        ) from exc
+    decoder_layers(skeleton)
+
+
 def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     dtype: str | torch.dtype = "auto",
@@ -153,12 +167,7 @@ def load_model(
             explicit ``"cpu"``, ``"cuda:0"``, ….
     """
     folder = model_folder(name_or_path)
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    if not any(a.endswith("ForCausalLM") for a in (config.architectures or [])):
-        raise UnsupportedModelError(
-            f"{folder} holds {config.architectures or config.model_type!r}, not a causal LM; frankenllama "
-            "needs a llama-family decoder (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, …)"
-        )
+    check_architecture(folder)
     multi_gpu = device in (None, "auto") and torch.cuda.device_count() > 1
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)

@@ -1,0 +1,100 @@
+"""Training throughput of the healing recipes on the real model, side by side.
+
+Builds one ``RecipeTrainer`` per recipe on its own copy of the pruned model (SmolLM2-135M minus 6
+blocks by default) and times optimizer steps on the same ``(batch, seq)`` batches, interleaved in
+rotating order so that a slow moment of a shared machine hits every recipe alike. Reports the
+median seconds per step, tokens/s, the ratio to LoRA, and the goals of issue 4:
+
+* LoRA ≥ 200 tokens/s on 2 CPU cores;
+* KD + LoRA costs ≤ 1.4 × LoRA per step (the teacher's forward is the extra);
+* partial fine-tuning is faster than LoRA (no backward through the frozen prefix).
+
+Usage::
+
+    .venv/bin/python bench/healing_throughput.py                 # seq 256, batch 4, 4 rounds
+    .venv/bin/python bench/healing_throughput.py --rounds 8 --recipes lora kd-lora partial kd-full
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+
+from frankenllama.data import load_corpus, token_blocks
+from frankenllama.healing import HealConfig, RecipeTrainer
+from frankenllama.models import load_model, model_device
+from frankenllama.surgery import drop_layers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", help="registry name, folder or GGUF file")
+    parser.add_argument("--drop", type=int, nargs="+", default=list(range(13, 19)), help="blocks to remove")
+    parser.add_argument("--recipes", nargs="+", default=["lora", "kd-lora", "partial"])
+    parser.add_argument("--seq", type=int, default=256, help="tokens per block")
+    parser.add_argument("--batch", type=int, default=4, help="blocks per step")
+    parser.add_argument("--rounds", type=int, default=4, help="timed steps per recipe (after one warm-up step)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    teacher, tokenizer = load_model(args.model)
+    student = drop_layers(teacher, args.drop)
+    device = model_device(teacher)
+    blocks = token_blocks(tokenizer, load_corpus("wiki-leads", "train"), args.seq, max_blocks=args.batch * (args.rounds + 1))
+    steps = args.rounds + 1
+    trainers = {}
+    for recipe in args.recipes:
+        config = HealConfig(recipe=recipe, tokens=steps * args.batch * args.seq, batch_size=args.batch)
+        trainers[recipe] = RecipeTrainer(copy.deepcopy(student), config, steps, teacher=teacher)
+
+    times: dict[str, list[float]] = {r: [] for r in trainers}
+    names = list(trainers)
+    for rnd in range(steps):
+        ids = blocks[rnd * args.batch : (rnd + 1) * args.batch].to(device)  # (B, T)
+        order = names[rnd % len(names) :] + names[: rnd % len(names)]
+        for name in order:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            trainers[name].step(ids)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if rnd > 0:  # the first step of each recipe is warm-up
+                times[name].append(time.perf_counter() - t0)
+
+    tokens = args.batch * args.seq
+    base = statistics.median(times["lora"]) if "lora" in times else None
+    rows = []
+    print(f"device={device} threads={torch.get_num_threads()} seq={args.seq} batch={args.batch} "
+          f"layers={len(student.model.layers)}/{len(teacher.model.layers)} rounds={args.rounds}")  # fmt: skip
+    print(f"{'recipe':<10} {'s/step':>8} {'tokens/s':>9} {'× LoRA':>7}  (min–max s/step)")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        ratio = med / base if base else float("nan")
+        rows.append({"recipe": name, "s_per_step": med, "tokens_per_s": tokens / med, "cost_vs_lora": ratio})
+        print(f"{name:<10} {med:8.2f} {tokens / med:9.1f} {ratio:7.2f}  ({min(ts):.2f}–{max(ts):.2f})")
+    by = {r["recipe"]: r for r in rows}
+    goals = {}
+    if "lora" in by:
+        goals["lora >= 200 tok/s"] = by["lora"]["tokens_per_s"] >= 200
+    if "kd-lora" in by and base:
+        goals["kd-lora <= 1.4 x lora"] = by["kd-lora"]["cost_vs_lora"] <= 1.4
+    if "partial" in by and base:
+        goals["partial faster than lora"] = by["partial"]["cost_vs_lora"] < 1.0
+    for goal, ok in goals.items():
+        print(f"goal {goal}: {'met' if ok else 'NOT met'}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "results": rows, "goals": goals}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,318 @@
+"""Healing recipes on tiny in-process llamas (no downloads), plus one real-model check.
+
+Invariants: LoRA moves only adapter weights; the merged model equals the adapter model; a killed
+and resumed run ends bit-identical to an uninterrupted one; the linear patch is exact when the
+removed block is linear in the previous MLP's output; every bad input is refused before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from frankenllama.healing import (
+    RECIPES,
+    CheckpointMismatchError,
+    HealConfig,
+    LoraTargetError,
+    PatchError,
+    TeacherMismatchError,
+    UnknownRecipeError,
+    batch_indices,
+    gap_recovered,
+    heal,
+    linear_patch,
+    recovery_table,
+)
+from frankenllama.models import decoder_layers
+from frankenllama.surgery import drop_layers
+
+VOCAB = 128
+
+
+def tiny_tokenizer(n: int = VOCAB, offset: int = 0) -> PreTrainedTokenizerFast:
+    vocab = {f"t{i}": (i + offset) % n for i in range(n)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="t1", unk_token="t0")
+
+
+def tiny_llama(layers: int = 4, vocab: int = VOCAB, seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
+    )  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    teacher = tiny_llama()
+    student = drop_layers(teacher, [2])  # 3 blocks left, original ids [0, 1, 3]
+    g = torch.Generator().manual_seed(1)
+    train = torch.randint(0, VOCAB, (12, 16), generator=g)  # (N, T)
+    evals = torch.randint(0, VOCAB, (4, 16), generator=g)
+    return teacher, student, tiny_tokenizer(), train, evals
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def logits(model, ids) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+# ----------------------------------------------------------------------------- LoRA invariants
+def test_lora_moves_only_adapters_and_merge_equals_adapter_model(setup):
+    teacher, student, tok, train, evals = setup
+    before = params(student)
+    seen = {}
+
+    def inspect(step, trainer):
+        if step == trainer.total_steps:
+            now = dict(trainer.model.named_parameters())
+            seen["adapters"] = {n: p.detach().clone() for n, p in now.items() if "lora_" in n}
+            seen["base"] = {n: p.detach().clone() for n, p in now.items() if "lora_" not in n}
+            trainer.model.eval()
+            seen["logits"] = logits(trainer.model, evals)
+
+    config = HealConfig(recipe="lora", tokens=4 * 16 * 4, batch_size=4, lr=1e-2)
+    result = heal(student, tok, config, train_blocks=train, progress=False, on_step=inspect)
+
+    assert seen["adapters"], "no adapter weights found"
+    moved_b = [n for n, p in seen["adapters"].items() if "lora_B" in n and p.abs().sum() > 0]
+    assert moved_b, "lora_B started at zero and must have moved"
+    for name, value in seen["base"].items():
+        original = name.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(value, before[original]), f"frozen weight {original} changed"
+    assert all(torch.equal(p, before[n]) for n, p in params(student).items()), "heal modified the caller's student"
+    torch.testing.assert_close(logits(result.model, evals), seen["logits"], atol=1e-5, rtol=1e-5)
+    assert not any("lora" in n for n, _ in result.model.named_parameters()), "merged model still has adapters"
+    assert type(result.model) is LlamaForCausalLM
+
+
+# ----------------------------------------------------------------------------- resume
+@pytest.mark.parametrize(
+    "recipe,extra",
+    [("lora", {"lora_dropout": 0.2}), ("kd-full", {"hidden_weight": 0.5}), ("partial", {"partial_train_head": True})],
+)
+def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path, recipe, extra):
+    teacher, student, tok, train, evals = setup
+    config = HealConfig(recipe=recipe, tokens=6 * 2 * 16, batch_size=2, checkpoint_every=2, eval_every=2, **extra)
+    kwargs = dict(train_blocks=train, teacher=teacher, eval_blocks=evals, progress=False)
+    full = heal(student, tok, config, **kwargs)
+
+    out = tmp_path / "healed"
+
+    def kill(step, trainer):
+        if step == 3:
+            raise KeyboardInterrupt("simulated kill")
+
+    with pytest.raises(KeyboardInterrupt):
+        heal(student, tok, config, out_dir=out, on_step=kill, **kwargs)
+    assert not out.exists(), "a killed run must leave no output folder"
+    resumed = heal(student, tok, config, out_dir=out, **kwargs)
+    assert resumed.resumed_from_step == 2
+    for (n, a), (_, b) in zip(full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), f"{n} differs after resume"
+    assert [r["loss"] for r in full.losses] == [r["loss"] for r in resumed.losses]
+    assert full.curve == resumed.curve
+    # the saved folder is a plain transformers model that reloads to the same weights, and a cache hit
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    torch.testing.assert_close(logits(reloaded, evals), logits(full.model, evals))
+    assert heal(student, tok, config, out_dir=out, **kwargs).cached
+    assert not (tmp_path / ".healed.checkpoints").exists(), "checkpoints are removed after the final save"
+
+
+def test_batch_order_is_a_pure_function_of_seed_and_step():
+    a = torch.cat([batch_indices(s, 3, 7, seed=5) for s in range(7)])
+    assert sorted(a.tolist()) == sorted(list(range(7)) * 3)  # 21 draws = 3 epochs of 7 blocks
+    assert torch.equal(batch_indices(4, 3, 7, seed=5), batch_indices(4, 3, 7, seed=5))
+
+
+# ----------------------------------------------------------------------------- linear patch
+def linear_block_setup():
+    """A teacher whose removed block 1 adds ``M_0 B`` (B fixed) — linear in block 0's MLP output.
+
+    Block 0 writes attention and embeddings only into the first half of the residual and its MLP
+    only into the second half, so ``h P = M_0`` for the projector P on the second half. Block 1 is
+    replaced by ``h ↦ h + (h P) B``; the ReplaceMe target ``L − Y = M_0 (I + B)`` is then exactly
+    linear in ``M_0`` and the fitted patch must reproduce the teacher to float precision.
+    """
+    teacher = tiny_llama(layers=4)
+    d = teacher.config.hidden_size
+    half = d // 2
+    with torch.no_grad():
+        teacher.model.embed_tokens.weight[:, half:] = 0  # the tied head reads only the first half …
+        teacher.lm_head.weight.copy_(teacher.model.embed_tokens.weight)
+        blk0 = decoder_layers(teacher)[0]
+        blk0.self_attn.o_proj.weight[half:, :] = 0
+        blk0.mlp.down_proj.weight[:half, :] = 0
+    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(3)) * 0.3  # B
+
+    def linear_forward(self, hidden_states, *args, **kwargs):
+        m = torch.zeros_like(hidden_states)
+        m[..., half:] = hidden_states[..., half:]  # h P = M_0
+        return hidden_states + m @ mix
+
+    decoder_layers(teacher)[1].forward = types.MethodType(linear_forward, decoder_layers(teacher)[1])
+    return teacher
+
+
+def test_linear_patch_is_exact_for_a_linear_removed_block():
+    teacher = linear_block_setup()
+    student = drop_layers(teacher, [1])
+    calib = torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(4))
+    test = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(5))
+    unpatched_gap = (logits(student, test) - logits(teacher, test)).abs().max()
+    fits = linear_patch(student, teacher, calib)
+    assert len(fits) == 1 and fits[0].removed == (1,) and fits[0].student_layer == 0
+    assert fits[0].rel_error < 1e-8 < fits[0].rel_error_identity
+    assert unpatched_gap > 1e-2
+    torch.testing.assert_close(logits(student, test), logits(teacher, test), atol=1e-4, rtol=1e-4)
+    assert type(student) is LlamaForCausalLM and len(decoder_layers(student)) == 3
+
+
+def test_linear_patch_is_identity_when_the_removed_block_does_nothing():
+    teacher = tiny_llama(layers=4)
+    with torch.no_grad():  # block 2 adds zero: removing it changes nothing, and T = I is optimal
+        decoder_layers(teacher)[2].self_attn.o_proj.weight.zero_()
+        decoder_layers(teacher)[2].mlp.down_proj.weight.zero_()
+    student = drop_layers(teacher, [2])
+    before = decoder_layers(student)[1].mlp.down_proj.weight.clone()
+    linear_patch(student, teacher, torch.randint(0, VOCAB, (8, 16)))
+    torch.testing.assert_close(decoder_layers(student)[1].mlp.down_proj.weight, before, atol=1e-4, rtol=1e-4)
+
+
+def test_patch_then_heal_composes(setup):
+    teacher, student, tok, train, evals = setup
+    config = HealConfig(recipe="linear-patch+lora", tokens=2 * 16 * 2, batch_size=2, patch_tokens=64)
+    result = heal(student, tok, config, train_blocks=train, teacher=teacher, eval_blocks=evals, progress=False)
+    assert result.calib_tokens == 64 and result.tokens_seen == 64 and len(result.patch_fits) == 1
+    assert result.curve[0]["tokens"] == 0 and result.curve[0]["ppl"] != result.ppl_before  # patched start
+
+
+# ----------------------------------------------------------------------------- every recipe runs
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_every_recipe_reports_its_cost(setup, tmp_path, recipe):
+    teacher, student, tok, train, evals = setup
+    config = HealConfig(recipe=recipe, tokens=2 * 16 * 2, batch_size=2, patch_tokens=64)
+    result = heal(student, tok, config, train_blocks=train, teacher=teacher, eval_blocks=evals, out_dir=tmp_path / "m", progress=False)
+    trains = RECIPES[recipe].trains
+    assert result.tokens_seen == (64 if trains else 0) and result.steps == (2 if trains else 0)
+    assert result.wall_time_s > 0 and (result.tokens_per_s > 0) == trains
+    assert {"config.json", "frankenllama.json", "losses.csv", "eval.csv", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
+    table = recovery_table([result], reference_ppl=result.ppl_after * 0.5)
+    assert list(table["recipe"]) == [recipe]
+
+
+def test_partial_trains_only_the_blocks_next_to_the_cut(setup):
+    teacher, student, tok, train, evals = setup  # student blocks hold original [0, 1, 3]; cut at 2
+    big = drop_layers(tiny_llama(layers=6), [3])  # original [0,1,2,4,5]: neighbours of the cut are 2 and 4
+    before = params(big)
+    result = heal(big, tok, HealConfig(recipe="partial", tokens=64, batch_size=2, lr=1e-2), train_blocks=train, progress=False)
+    changed = {n.split(".")[2] for n, p in params(result.model).items() if not torch.equal(p, before[n]) and ".layers." in n}
+    assert changed == {"2", "3"}  # student indices of original blocks 2 and 4
+    assert torch.equal(result.model.model.embed_tokens.weight, before["model.embed_tokens.weight"])
+
+
+def test_gap_recovered():
+    assert gap_recovered(20.0, 15.0, 10.0) == pytest.approx(50.0)
+    assert gap_recovered(20.0, 10.0, 10.0) == pytest.approx(100.0)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_unknown_recipe_and_bad_compositions():
+    with pytest.raises(UnknownRecipeError, match="unknown healing recipe 'qlora'"):
+        HealConfig(recipe="qlora")
+    with pytest.raises(UnknownRecipeError, match="patch must come first"):
+        HealConfig(recipe="lora+linear-patch")
+    with pytest.raises(UnknownRecipeError, match="more than one trained"):
+        HealConfig(recipe="lora+partial")
+
+
+def test_zero_token_budget_is_refused(setup):
+    with pytest.raises(ValueError, match="token budget must be positive"):
+        HealConfig(tokens=0)
+    teacher, student, tok, train, _ = setup
+    with pytest.raises(ValueError, match="less than one step"):
+        heal(student, tok, HealConfig(tokens=10, batch_size=4), train_blocks=train, progress=False)
+
+
+def test_missing_lora_targets_are_refused(setup, tmp_path):
+    teacher, student, tok, train, _ = setup
+    config = HealConfig(recipe="lora", tokens=64, batch_size=2, lora_targets=("q_proj", "c_attn"))
+    with pytest.raises(LoraTargetError, match=r"\['c_attn'\] do not exist"):
+        heal(student, tok, config, train_blocks=train, out_dir=tmp_path / "m", progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_teacher_with_another_vocabulary_is_refused(setup, tmp_path):
+    teacher, student, tok, train, _ = setup
+    config = HealConfig(recipe="kd-lora", tokens=64, batch_size=2)
+    other = tiny_llama(vocab=VOCAB + 8)
+    with pytest.raises(TeacherMismatchError, match="vocabulary"):
+        heal(student, tok, config, train_blocks=train, teacher=other, out_dir=tmp_path / "m", progress=False)
+    with pytest.raises(TeacherMismatchError, match="tokenizers map tokens to different ids"):
+        heal(student, tok, config, train_blocks=train, teacher=teacher, teacher_tokenizer=tiny_tokenizer(offset=3),
+             out_dir=tmp_path / "m", progress=False)  # fmt: skip
+    assert not any(tmp_path.iterdir())
+
+
+def test_checkpoint_of_another_configuration_is_refused(setup, tmp_path):
+    teacher, student, tok, train, _ = setup
+    out = tmp_path / "m"
+    config = HealConfig(recipe="lora", tokens=4 * 2 * 16, batch_size=2, checkpoint_every=1)
+
+    def kill(step, trainer):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        heal(student, tok, config, train_blocks=train, out_dir=out, on_step=kill, progress=False)
+    other = HealConfig(recipe="lora", tokens=4 * 2 * 16, batch_size=2, checkpoint_every=1, lr=5e-4)
+    with pytest.raises(CheckpointMismatchError, match="refusing to resume"):
+        heal(student, tok, other, train_blocks=train, out_dir=out, progress=False)
+    with pytest.raises(CheckpointMismatchError):  # other data, same config
+        heal(student, tok, config, train_blocks=train.flip(0), out_dir=out, progress=False)
+    assert not out.exists()
+
+
+def test_patch_of_layers_that_were_not_removed_is_refused(setup, tmp_path):
+    teacher, student, tok, train, _ = setup  # removed: [2]
+    config = HealConfig(recipe="linear-patch", patch_layers=(1, 2))
+    with pytest.raises(PatchError, match=r"layers \[1\], which were not removed"):
+        heal(student, tok, config, train_blocks=train, teacher=teacher, out_dir=tmp_path / "m", progress=False)
+    with pytest.raises(PatchError, match="starts at block 0"):
+        linear_patch(drop_layers(teacher, [0]), teacher, train)
+    with pytest.raises(PatchError, match="must be the unpruned model"):
+        linear_patch(student, drop_layers(teacher, [3]), train)
+    with pytest.raises(PatchError, match="splits the removed run"):
+        linear_patch(drop_layers(teacher, [1, 2]), teacher, train, layers=(2,))
+    assert not any(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- real model
+@pytest.mark.real_model
+def test_lora_lowers_eval_perplexity_of_pruned_smollm2(tmp_path):
+    """A few LoRA steps on wiki-leads train blocks lower held-out perplexity of SmolLM2 minus 6 layers."""
+    from frankenllama.data import load_corpus, token_blocks
+    from frankenllama.models import load_model
+
+    model, tok = load_model("smollm2-135m")
+    train = token_blocks(tok, load_corpus("wiki-leads", "train"), 128, max_blocks=32)
+    evals = token_blocks(tok, load_corpus("wiki-leads", "eval"), 128, max_blocks=8)
+    student = drop_layers(model, list(range(20, 26)))
+    config = HealConfig(recipe="lora", tokens=8 * 4 * 128, batch_size=4, lr=2e-3)
+    result = heal(student, tok, config, train_blocks=train, eval_blocks=evals, out_dir=tmp_path / "m", progress=False)
+    assert result.ppl_after < result.ppl_before
+    assert result.losses[-1]["loss"] < result.losses[0]["loss"]
+    assert (tmp_path / "m" / "model.safetensors").exists()
