@@ -13,6 +13,11 @@ Usage::
 
     .venv/bin/python bench/healing_throughput.py                 # seq 256, batch 4, 4 rounds
     .venv/bin/python bench/healing_throughput.py --rounds 8 --recipes lora kd-lora partial kd-full
+    python bench/healing_throughput.py --random-init --device cuda   # SmolLM2-shaped random weights
+
+On a shared machine the wall-clock numbers move with the other jobs' load; the CPU seconds per step
+(all threads) are printed beside them, and ``tokens/CPU-s × threads`` estimates the rate the same
+step would reach with the cores to itself.
 """
 
 from __future__ import annotations
@@ -24,11 +29,18 @@ import statistics
 import time
 
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.healing import HealConfig, RecipeTrainer
-from frankenllama.models import load_model, model_device
+from frankenllama.models import load_model, model_device, resolve_device, resolve_dtype
 from frankenllama.surgery import drop_layers
+
+# SmolLM2-135M's shape, for --random-init (throughput only depends on the shape)
+SMOLLM2_SHAPE = dict(
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+    num_key_value_heads=3, max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+)  # fmt: skip
 
 
 def main() -> None:
@@ -41,14 +53,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="timed steps per recipe (after one warm-up step)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda', …")
+    parser.add_argument("--dtype", default="auto", help="'auto' (fp32 on CPU, bf16 on GPU), 'float32', 'bfloat16'")
+    parser.add_argument("--random-init", action="store_true", help="SmolLM2-shaped random weights and tokens (no model files)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    teacher, tokenizer = load_model(args.model)
+    n_blocks = args.batch * (args.rounds + 1)
+    if args.random_init:
+        device = resolve_device(args.device)
+        torch.manual_seed(0)
+        teacher = LlamaForCausalLM(LlamaConfig(**SMOLLM2_SHAPE)).to(device, resolve_dtype(args.dtype, device)).eval()
+        blocks = torch.randint(0, SMOLLM2_SHAPE["vocab_size"], (n_blocks, args.seq))
+    else:
+        teacher, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+        blocks = token_blocks(tokenizer, load_corpus("wiki-leads", "train"), args.seq, max_blocks=n_blocks)
     student = drop_layers(teacher, args.drop)
     device = model_device(teacher)
-    blocks = token_blocks(tokenizer, load_corpus("wiki-leads", "train"), args.seq, max_blocks=args.batch * (args.rounds + 1))
     steps = args.rounds + 1
     trainers = {}
     for recipe in args.recipes:
@@ -56,6 +78,7 @@ def main() -> None:
         trainers[recipe] = RecipeTrainer(copy.deepcopy(student), config, steps, teacher=teacher)
 
     times: dict[str, list[float]] = {r: [] for r in trainers}
+    cpu: dict[str, list[float]] = {r: [] for r in trainers}
     names = list(trainers)
     for rnd in range(steps):
         ids = blocks[rnd * args.batch : (rnd + 1) * args.batch].to(device)  # (B, T)
@@ -63,24 +86,31 @@ def main() -> None:
         for name in order:
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             trainers[name].step(ids)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if rnd > 0:  # the first step of each recipe is warm-up
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
 
     tokens = args.batch * args.seq
     base = statistics.median(times["lora"]) if "lora" in times else None
     rows = []
     print(f"device={device} threads={torch.get_num_threads()} seq={args.seq} batch={args.batch} "
           f"layers={len(student.model.layers)}/{len(teacher.model.layers)} rounds={args.rounds}")  # fmt: skip
-    print(f"{'recipe':<10} {'s/step':>8} {'tokens/s':>9} {'× LoRA':>7}  (min–max s/step)")
+    threads = torch.get_num_threads()
+    base_cpu = statistics.median(cpu["lora"]) if "lora" in cpu else None
+    print(f"{'recipe':<10} {'s/step':>8} {'tokens/s':>9} {'× LoRA':>7} {'CPU-s/step':>10} {'× LoRA':>7} "
+          f"{'tok/CPU-s×thr':>13}  (min–max s/step)")  # fmt: skip
     for name, ts in times.items():
-        med = statistics.median(ts)
+        med, cmed = statistics.median(ts), statistics.median(cpu[name])
         ratio = med / base if base else float("nan")
-        rows.append({"recipe": name, "s_per_step": med, "tokens_per_s": tokens / med, "cost_vs_lora": ratio})
-        print(f"{name:<10} {med:8.2f} {tokens / med:9.1f} {ratio:7.2f}  ({min(ts):.2f}–{max(ts):.2f})")
+        cratio = cmed / base_cpu if base_cpu else float("nan")
+        rows.append({"recipe": name, "s_per_step": med, "tokens_per_s": tokens / med, "cost_vs_lora": ratio,
+                     "cpu_s_per_step": cmed, "cpu_cost_vs_lora": cratio, "tokens_per_cpu_s_x_threads": tokens * threads / cmed})  # fmt: skip
+        print(f"{name:<10} {med:8.2f} {tokens / med:9.1f} {ratio:7.2f} {cmed:10.2f} {cratio:7.2f} "
+              f"{tokens * threads / cmed:13.1f}  ({min(ts):.2f}–{max(ts):.2f})")  # fmt: skip
     by = {r["recipe"]: r for r in rows}
     goals = {}
     if "lora" in by:

@@ -17,18 +17,19 @@ speed-up below the ideal. Prefill is dominated by the blocks. Decode at batch 1 
 once per token: for SmolLM2-135M the 28 M-parameter tied LM head is ~21 % of the weights, which
 alone caps the 30→24-block speed-up at ≈ 0.95 × ideal.
 
-Measurements of the models being compared are **interleaved** (A, B, B, A, …) and summarised by
-the median over repetitions, so that load from other processes on a shared machine hits both
-alike. Decoding runs either through ``model.generate`` or through a minimal greedy loop (``decode``
+Measurements of the models being compared are **interleaved** (A, B, B, A, …) in one run, so that
+load from other processes on a shared machine hits both alike, and summarised by the minimum (or
+median) over repetitions; decode is timed per step, so one run gives ``new_tokens`` samples. Decoding runs either through ``model.generate`` or through a minimal greedy loop (``decode``
 = ``"generate"`` / ``"loop"``), with a dynamic or static (pre-allocated) KV cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,6 +41,7 @@ from frankenllama.models import decoder_layers, model_device
 
 DecodeImpl = Literal["generate", "loop"]
 CacheImpl = Literal["dynamic", "static"]
+Statistic = Literal["min", "median"]
 
 
 @dataclass(frozen=True)
@@ -50,11 +52,17 @@ class SpeedConfig:
         batch_sizes: batch sizes at which prefill and decode are timed.
         prompt_len: prompt tokens per sequence (prefill length).
         new_tokens: greedy decode steps timed after the prefill.
-        repeats: interleaved repetitions; the median is reported.
+        repeats: interleaved repetitions; ``statistic`` summarises all timings of a model.
         warmup: untimed runs of every measurement before the timed ones.
         decode: ``"generate"`` (``model.generate``) or ``"loop"`` (a minimal greedy loop).
         cache: ``"dynamic"`` (grows each step) or ``"static"`` (pre-allocated) KV cache.
         seed: seed of the random prompt tokens.
+        threads: torch CPU threads while timing (``None``: leave as is). On a machine whose cores
+            are shared with other jobs, 1 thread is far steadier: each op of a 135M model is tiny,
+            and with 2 threads every op waits at an OpenMP barrier for a thread that may be
+            descheduled (we measured 80 ms vs 330 ms per decode step under load).
+        statistic: ``"min"`` (default: load from other processes only ever adds time, so the
+            fastest of many runs is the steadiest estimate, as ``timeit`` argues) or ``"median"``.
     """
 
     batch_sizes: tuple[int, ...] = (1, 8)
@@ -65,6 +73,8 @@ class SpeedConfig:
     decode: DecodeImpl = "generate"
     cache: CacheImpl = "dynamic"
     seed: int = 0
+    threads: int | None = None
+    statistic: Statistic = "min"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
@@ -79,6 +89,10 @@ class SpeedConfig:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.decode not in ("generate", "loop"):
             raise ValueError(f"decode must be 'generate' or 'loop', got {self.decode!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be positive or None, got {self.threads}")
+        if self.statistic not in ("min", "median"):
+            raise ValueError(f"statistic must be 'min' or 'median', got {self.statistic!r}")
         if self.cache not in ("dynamic", "static"):
             raise ValueError(f"cache must be 'dynamic' or 'static', got {self.cache!r}")
 
@@ -201,7 +215,7 @@ def time_prefill(model: nn.Module, ids: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def _make_cache(model: nn.Module, kind: CacheImpl, batch: int, max_len: int):
+def _make_cache(model: nn.Module, kind: CacheImpl, max_len: int):
     from transformers import DynamicCache, StaticCache
 
     if kind == "static":
@@ -209,50 +223,66 @@ def _make_cache(model: nn.Module, kind: CacheImpl, batch: int, max_len: int):
     return DynamicCache(config=model.config)
 
 
-@torch.inference_mode()
-def time_decode(model: nn.Module, ids: torch.Tensor, new_tokens: int, decode: DecodeImpl = "generate", cache: CacheImpl = "dynamic") -> float:
-    """Seconds per greedy decode step (``B`` tokens) after a prefill of ``ids`` ``(B, T)``.
+class _StepClock:
+    """A logits processor that only records when ``generate`` reaches each step."""
 
-    ``"loop"`` times exactly the ``new_tokens`` single-token forward passes after an untimed
-    prefill. ``"generate"`` times ``model.generate`` for ``new_tokens + 1`` tokens minus a
-    ``generate`` of 1 token (its prefill and set-up), over ``new_tokens`` steps.
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        _sync(scores.device)
+        self.stamps.append(time.perf_counter())
+        return scores
+
+
+@torch.inference_mode()
+def time_decode(
+    model: nn.Module, ids: torch.Tensor, new_tokens: int, decode: DecodeImpl = "generate", cache: CacheImpl = "dynamic"
+) -> list[float]:
+    """Seconds of each greedy decode step (``B`` tokens a step) after a prefill of ``ids`` ``(B, T)``.
+
+    ``"generate"`` stamps the time at every step of ``model.generate`` with a logits processor, so a
+    step includes generate's own per-step work (logits processing, stopping criteria, cache
+    bookkeeping); ``"loop"`` times bare single-token forward passes plus an argmax.
     """
+    from transformers import LogitsProcessorList
+
     device = model_device(model)
     ids = ids.to(device)
     batch, length = ids.shape
     if decode == "generate":
+        clock = _StepClock()
         pad = getattr(model.generation_config, "pad_token_id", None)
-        kwargs = dict(
+        model.generate(
+            ids,
             attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens + 1,
+            min_new_tokens=new_tokens + 1,
             do_sample=False,
             pad_token_id=0 if pad is None else pad,
             cache_implementation=cache,
+            logits_processor=LogitsProcessorList([clock]),
         )
-
-        def run(n: int) -> float:
-            _sync(device)
-            start = time.perf_counter()
-            model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kwargs)
-            _sync(device)
-            return time.perf_counter() - start
-
-        return max(run(new_tokens + 1) - run(1), 0.0) / new_tokens
-    kv = _make_cache(model, cache, batch, length + new_tokens + 1)
-    positions = torch.arange(length, device=device)
-    out = model(ids, past_key_values=kv, use_cache=True, logits_to_keep=1, cache_position=positions)
+        return [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+    kv = _make_cache(model, cache, length + new_tokens + 1)
+    out = model(ids, cache=kv, use_cache=True, logits_to_keep=1, cache_position=torch.arange(length, device=device))
     token = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-    _sync(device)
-    start = time.perf_counter()
+    steps = []
     for step in range(new_tokens):
         position = torch.tensor([length + step], device=device)
-        out = model(token, past_key_values=kv, use_cache=True, cache_position=position)
+        _sync(device)
+        start = time.perf_counter()
+        out = model(token, cache=kv, use_cache=True, cache_position=position)
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-    _sync(device)
-    return (time.perf_counter() - start) / new_tokens
+        _sync(device)
+        steps.append(time.perf_counter() - start)
+    return steps
 
 
-def _interleaved(fns: Mapping[str, Callable[[], float]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median of ``repeats`` timings of each function, alternating the order every repetition."""
+def _interleaved(
+    fns: Mapping[str, Callable[[], list[float]]], repeats: int, warmup: int, statistic: Statistic
+) -> dict[str, float]:
+    """Summary of all timings of each function, alternating the models' order every repetition."""
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -260,8 +290,20 @@ def _interleaved(fns: Mapping[str, Callable[[], float]], repeats: int, warmup: i
     times: dict[str, list[float]] = {n: [] for n in names}
     for rep in range(repeats):
         for name in names if rep % 2 == 0 else reversed(names):
-            times[name].append(fns[name]())
-    return {n: statistics.median(t) for n, t in times.items()}
+            times[name].extend(fns[name]())
+    summary = min if statistic == "min" else statistics.median
+    return {n: summary(t) for n, t in times.items()}
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def measure_speed(models: Mapping[str, nn.Module], config: SpeedConfig = SpeedConfig()) -> pd.DataFrame:
@@ -271,17 +313,20 @@ def measure_speed(models: Mapping[str, nn.Module], config: SpeedConfig = SpeedCo
     """
     rows: dict[str, dict[str, float]] = {name: {} for name in models}
     reference = next(iter(models.values()))
-    for batch in config.batch_sizes:
-        ids = _random_ids(reference, batch, config.prompt_len, config.seed)
-        prefill = _interleaved({n: (lambda m=m: time_prefill(m, ids)) for n, m in models.items()}, config.repeats, config.warmup)
-        decode = _interleaved(
-            {n: (lambda m=m: time_decode(m, ids, config.new_tokens, config.decode, config.cache)) for n, m in models.items()},
-            config.repeats,
-            config.warmup,
-        )
-        for name in models:
-            rows[name][f"prefill_tps_b{batch}"] = batch * config.prompt_len / prefill[name]
-            rows[name][f"decode_tps_b{batch}"] = batch / decode[name] if decode[name] > 0 else float("nan")
+    with _threads(config.threads):
+        for batch in config.batch_sizes:
+            ids = _random_ids(reference, batch, config.prompt_len, config.seed)
+            prefill = _interleaved(
+                {n: (lambda m=m: [time_prefill(m, ids)]) for n, m in models.items()},
+                config.repeats, config.warmup, config.statistic,
+            )  # fmt: skip
+            decode = _interleaved(
+                {n: (lambda m=m: time_decode(m, ids, config.new_tokens, config.decode, config.cache)) for n, m in models.items()},
+                config.repeats, config.warmup, config.statistic,
+            )  # fmt: skip
+            for name in models:
+                rows[name][f"prefill_tps_b{batch}"] = batch * config.prompt_len / prefill[name]
+                rows[name][f"decode_tps_b{batch}"] = batch / decode[name]
     return pd.DataFrame.from_dict(rows, orient="index")
 
 

@@ -1,62 +1,167 @@
-"""Which blocks to remove: a registry of selection strategies keyed by short names.
+"""Which blocks to remove: one registry of selection strategies keyed by short names.
 
-Each strategy maps a ``LayerSimilarity`` and a number of blocks ``k`` to the sorted indices of the
-``k`` blocks to remove.
+``select_layers(source, k, strategy)`` returns the sorted ids of the ``k`` units ``strategy`` removes.
+``source`` is a ``LayerSimilarity`` (enough for the similarity proxies) or a
+``frankenllama.scores.LayerScores`` (the similarity plus the model and calibration blocks, for the
+strategies that measure the model). Units are blocks ``0 … L-1``, or for the sub-layer strategies
+sub-blocks ``0 … 2L-1`` (``2ℓ`` attention, ``2ℓ+1`` MLP of block ℓ; see ``frankenllama.sublayer``).
+
+Layer strategies:
 
 * ``"block-influence"`` — the k blocks with the lowest Block Influence (ShortGPT, Men et al. 2024,
-  arXiv:2403.03853); the blocks need not be contiguous.
-* ``"angular-block"`` — the contiguous run of k blocks whose input and output are closest in
-  last-token angular distance, ``argmin_ℓ d(ℓ, k)`` (Gromov et al. 2024, arXiv:2403.17887).
-* ``"angular-block-all"`` — the same on the all-token average of the angular distance.
+  arXiv:2403.03853); not necessarily contiguous.
+* ``"angular"`` — the k blocks with the lowest one-block angular distance d(ℓ, 1), last token
+  (Gromov et al. 2024, arXiv:2403.17887, used per block).
+* ``"angular-block"`` / ``"angular-block-all"`` — the contiguous run of k blocks whose input and output
+  are closest, ``argmin_ℓ d(ℓ, k)``, on the last token / all tokens (Gromov et al. 2024).
+* ``"ablation-nll"`` / ``"ablation-kl"`` — the k blocks whose removal *alone* costs the least
+  calibration NLL / KL to the full model (one-layer-out ablation).
+* ``"taylor"`` — the k blocks of lowest Taylor importance Σ|w·∂L/∂w| (Kim et al. 2024,
+  arXiv:2402.02834); ``"taylor+"`` the same never removing the first ⌊L/8⌉ and last ⌊L/16⌉ blocks
+  (the first 4 and last 2 of 32 in the paper).
+* ``"contiguous-nll"`` — the contiguous run of k blocks of least summed one-layer-out ΔNLL.
+* ``"reverse"`` — the k blocks just before the last one, ``L-1-k … L-2`` (reverse-order pruning,
+  Lu et al. 2024, "Reassessing Layer Pruning in LLMs", arXiv:2411.15558).
+* ``"sleb"`` — iterative greedy: remove the block whose removal raises the calibration NLL least,
+  re-score, repeat (SLEB, Song et al. 2024, arXiv:2402.09025). Nested in k.
+
+Sub-layer strategies (k counts sub-blocks):
+
+* ``"sublayer-nll"`` — the k sub-blocks of least one-sub-block-out ΔNLL.
+* ``"blockpruner"`` — iterative greedy over attention and MLP sub-blocks (BlockPruner, Zhong et al.
+  2024, arXiv:2406.10594). Nested in k.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
+from frankenllama.scores import SCORES, LayerScores, num_units
 from frankenllama.similarity import LayerSimilarity
 
-Strategy = Callable[[LayerSimilarity, int], list[int]]
+
+class UnknownStrategyError(KeyError):
+    """A strategy name that is not a key of ``STRATEGIES``."""
 
 
-def check_k(k: int, num_layers: int) -> None:
+@dataclass(frozen=True)
+class Strategy:
+    """A registered selection strategy.
+
+    ``select(scores, k)`` returns k unit ids (any order); ``granularity`` is ``"layer"`` or
+    ``"sublayer"``; ``needs_model`` says whether it measures the model (ablation, gradients, search);
+    ``nested`` whether its choice at k always contains its choice at k−1.
+    """
+
+    select: Callable[[LayerScores, int], list[int]]
+    granularity: str = "layer"
+    needs_model: bool = False
+    nested: bool = False
+    cite: str = ""
+
+
+def check_k(k: int, num_layers: int, granularity: str = "layer") -> None:
+    """Refuse a k outside 1 … U−1, U the number of units (L blocks, or 2L sub-blocks)."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an integer number of layers, got {k!r}")
-    if not 1 <= k <= num_layers - 1:
-        raise ValueError(f"k = {k} is outside 1 … {num_layers - 1}: the model has {num_layers} layers and keeps at least one")
+    units = num_units(num_layers, granularity)  # type: ignore[arg-type]
+    what = "layers" if granularity == "layer" else "sub-blocks"
+    if not 1 <= k <= units - 1:
+        raise ValueError(f"k = {k} is outside 1 … {units - 1}: the model has {units} {what} and keeps at least one")
 
 
-def block_influence(similarity: LayerSimilarity, k: int) -> list[int]:
-    order = np.argsort(similarity.block_influence, kind="stable")
-    return sorted(int(i) for i in order[:k])
+def lowest(score: np.ndarray, k: int, candidates: np.ndarray | None = None) -> list[int]:
+    """The k units of lowest importance (ties: lower id first), optionally among ``candidates``."""
+    ids = np.arange(len(score)) if candidates is None else np.asarray(candidates)
+    if k > len(ids):
+        raise ValueError(f"only {len(ids)} candidate units; cannot choose {k}")
+    order = ids[np.argsort(score[ids], kind="stable")]
+    return [int(i) for i in order[:k]]
 
 
-def _best_block(distance: np.ndarray, k: int) -> list[int]:
-    column = distance[: distance.shape[0] - k + 1, k - 1]  # d(ℓ, k) for every valid start ℓ
-    start = int(np.nanargmin(column))
+def best_run(cost: np.ndarray, k: int) -> list[int]:
+    """The contiguous run of k blocks of least ``cost[start]`` (NaN = invalid start)."""
+    start = int(np.nanargmin(cost))
     return list(range(start, start + k))
 
 
-def angular_block(similarity: LayerSimilarity, k: int) -> list[int]:
-    return _best_block(similarity.angular_distance("last"), k)
+def _top_k(score: str) -> Callable[[LayerScores, int], list[int]]:
+    return lambda ctx, k: lowest(ctx.score(score), k)
 
 
-def angular_block_all(similarity: LayerSimilarity, k: int) -> list[int]:
-    return _best_block(similarity.angular_distance("all"), k)
+def _angular_block(tokens: str) -> Callable[[LayerScores, int], list[int]]:
+    def select(ctx: LayerScores, k: int) -> list[int]:
+        distance = ctx.similarity.angular_distance(tokens)  # type: ignore[arg-type]
+        return best_run(distance[: distance.shape[0] - k + 1, k - 1], k)
+
+    return select
+
+
+def taylor_plus(ctx: LayerScores, k: int) -> list[int]:
+    L = ctx.num_layers
+    first, last = round(L / 8), round(L / 16)
+    candidates = np.arange(first, L - last)
+    if k > len(candidates):
+        raise ValueError(f"taylor+ keeps the first {first} and last {last} of {L} blocks: at most {len(candidates)} can go, not {k}")
+    return lowest(ctx.score("taylor"), k, candidates)
+
+
+def contiguous_nll(ctx: LayerScores, k: int) -> list[int]:
+    delta = ctx.score("ablation-nll")
+    sums = np.convolve(delta, np.ones(k), mode="valid")  # sums[s] = Σ delta[s : s+k]
+    return best_run(sums, k)
+
+
+def reverse(ctx: LayerScores, k: int) -> list[int]:
+    L = ctx.num_layers
+    return list(range(L - 1 - k, L - 1))
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "block-influence": block_influence,
-    "angular-block": angular_block,
-    "angular-block-all": angular_block_all,
+    "block-influence": Strategy(_top_k("block-influence"), cite=SCORES["block-influence"].cite),
+    "angular": Strategy(_top_k("angular"), cite=SCORES["angular"].cite),
+    "angular-block": Strategy(_angular_block("last"), cite="Gromov et al. 2024, arXiv:2403.17887"),
+    "angular-block-all": Strategy(_angular_block("all"), cite="Gromov et al. 2024, arXiv:2403.17887 (all tokens)"),
+    "ablation-nll": Strategy(_top_k("ablation-nll"), needs_model=True, cite="one-layer-out ablation"),
+    "ablation-kl": Strategy(_top_k("ablation-kl"), needs_model=True, cite="one-layer-out KL"),
+    "taylor": Strategy(_top_k("taylor"), needs_model=True, cite="Kim et al. 2024, arXiv:2402.02834"),
+    "taylor+": Strategy(taylor_plus, needs_model=True, cite="Taylor+, Kim et al. 2024, arXiv:2402.02834"),
+    "contiguous-nll": Strategy(contiguous_nll, needs_model=True, cite="best contiguous run by one-layer-out ΔNLL"),
+    "reverse": Strategy(reverse, nested=True, cite="Lu et al. 2024, arXiv:2411.15558"),
+    "sleb": Strategy(lambda ctx, k: ctx.greedy(k, "layer").chosen(k), needs_model=True, nested=True,
+                     cite="SLEB, Song et al. 2024, arXiv:2402.09025"),
+    "sublayer-nll": Strategy(_top_k("sublayer-nll"), granularity="sublayer", needs_model=True,
+                             cite="one-sub-block-out ablation"),
+    "blockpruner": Strategy(lambda ctx, k: ctx.greedy(k, "sublayer").chosen(k), granularity="sublayer",
+                            needs_model=True, nested=True, cite="BlockPruner, Zhong et al. 2024, arXiv:2406.10594"),
 }
 
 
-def select_layers(similarity: LayerSimilarity, k: int, strategy: str = "block-influence") -> list[int]:
-    """The sorted indices of the ``k`` blocks that ``strategy`` (a key of ``STRATEGIES``) removes."""
-    if strategy not in STRATEGIES:
-        raise KeyError(f"unknown strategy {strategy!r}; choose one of {sorted(STRATEGIES)}")
-    check_k(k, similarity.num_layers)
-    return STRATEGIES[strategy](similarity, int(k))
+def get_strategy(name: str) -> Strategy:
+    if name not in STRATEGIES:
+        raise UnknownStrategyError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    return STRATEGIES[name]
+
+
+def as_scores(source: LayerSimilarity | LayerScores) -> LayerScores:
+    if isinstance(source, LayerScores):
+        return source
+    if isinstance(source, LayerSimilarity):
+        return LayerScores(source)
+    raise TypeError(f"expected a LayerSimilarity or LayerScores, got {type(source).__name__}")
+
+
+def select_layers(source: LayerSimilarity | LayerScores, k: int, strategy: str = "block-influence") -> list[int]:
+    """The sorted ids of the ``k`` units that ``strategy`` (a key of ``STRATEGIES``) removes.
+
+    ``source`` is a ``LayerSimilarity`` for the proxy strategies, or a ``LayerScores`` (which
+    also carries the model and calibration blocks) for any strategy. Blocks for layer strategies,
+    sub-block ids for ``"sublayer-nll"`` and ``"blockpruner"``.
+    """
+    spec = get_strategy(strategy)
+    ctx = as_scores(source)
+    check_k(k, ctx.num_layers, spec.granularity)
+    return sorted(int(u) for u in spec.select(ctx, int(k)))

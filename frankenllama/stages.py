@@ -7,20 +7,28 @@ package versions beside it. A later notebook that asks for the same config reads
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from frankenllama.budget import Budget, count_params, fit_budget, unit_params
 from frankenllama.cache import cached_arrays, cached_json, seed_everything
 from frankenllama.data import context_length, load_corpus, token_blocks
 from frankenllama.models import DEFAULT_MODEL, load_model, num_layers
-from frankenllama.perplexity import perplexity
-from frankenllama.selection import STRATEGIES, check_k, select_layers
+from frankenllama.scores import SCORES, AblationScan, LayerScores, Trunk, removal_mask
+from frankenllama.selection import STRATEGIES, check_k, get_strategy, select_layers
 from frankenllama.similarity import LayerSimilarity, layer_similarity
+from frankenllama.sublayer import describe, prune_sublayers
 from frankenllama.surgery import drop_layers
+from frankenllama.variants import save_variant
 
 
 @dataclass(frozen=True)
@@ -68,48 +76,336 @@ def similarity_stage(config: SimilarityConfig) -> LayerSimilarity:
     return LayerSimilarity.from_arrays(cached_arrays("similarity", config, compute, seed=config.seed))
 
 
+
+# --------------------------------------------------------------------------------------------------
+# Which layers to remove: scores, strategies, pruning curves, the proxy-vs-truth study, variants
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """How the model-measuring scores and searches run: on which calibration blocks, how many at once.
+
+    ``shortlist``: after their first step the greedy searches (SLEB, BlockPruner) evaluate only the
+    ``shortlist`` candidates that were best at the previous step (``None``: the exact search).
+    """
+
+    calib: DataConfig = field(default_factory=lambda: DataConfig(split="calib", n_blocks=8))
+    batch_size: int = 4
+    shortlist: int | None = None
+    taylor_jackknife: bool = True  # leave-one-out Taylor scores, for the study's interval
+    sublayer_blocks: int | None = None  # sub-blocks (2L units) measured on the first this many blocks; None: all
+
+    def __post_init__(self) -> None:
+        if self.calib.split != "calib":
+            raise ValueError(f"scores are measured on the 'calib' split, not {self.calib.split!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if self.shortlist is not None and self.shortlist < 1:
+            raise ValueError(f"shortlist must be positive or None, got {self.shortlist}")
+
+
 @dataclass(frozen=True)
 class PruningConfig:
-    """A pruning curve: eval perplexity after removing k blocks, for each strategy and k."""
+    """Pruning curves: held-out eval perplexity after removing k blocks, for each strategy and k.
+
+    Sub-layer strategies are compared at equal size: at "k" they remove sub-blocks until the model
+    is no larger than the model with k blocks removed (``frankenllama.budget``).
+    """
 
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
     eval_data: DataConfig = field(default_factory=lambda: DataConfig(split="eval", n_blocks=16))
-    strategies: tuple[str, ...] = ("block-influence", "angular-block")
+    strategies: tuple[str, ...] = tuple(STRATEGIES)
     ks: tuple[int, ...] = tuple(range(0, 13))
+    sublayer_ks: tuple[int, ...] = (0, 3, 6, 9)  # the points of ``ks`` where sub-layer strategies are measured
     batch_size: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = [s for s in self.strategies if s not in STRATEGIES]
-        if unknown:
-            raise KeyError(f"unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")
-        if any(k < 0 for k in self.ks):
-            raise ValueError(f"ks must be >= 0, got {self.ks}")
+        for name in self.strategies:
+            get_strategy(name)
+        if len(set(self.strategies)) != len(self.strategies) or not self.strategies:
+            raise ValueError(f"strategies must be distinct and non-empty, got {self.strategies}")
+        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in self.ks):
+            raise ValueError(f"ks must be non-negative integers, got {self.ks}")
+        if self.eval_data.split != "eval":
+            raise ValueError(f"pruning curves are measured on the held-out 'eval' split, not {self.eval_data.split!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+
+def _disk_store(model: str, scoring: ScoringConfig, seed: int):
+    def store(kind: str, params: dict[str, Any], compute):
+        key = {"model": model, "calib": scoring.calib, "kind": kind, "params": params}
+        return cached_arrays("scores", key, compute, seed=seed)
+
+    return store
+
+
+def scoring_context(config: PruningConfig) -> LayerScores:
+    """The ``LayerScores`` of ``config``: notebook 01's similarity, the shared model, calib blocks, a disk cache."""
+    model, tokenizer = shared_model(config.similarity.model)
+    calib = config.scoring.calib.blocks(tokenizer, model)
+    return LayerScores(similarity_stage(config.similarity), model, calib, batch_size=config.scoring.batch_size,
+                       shortlist=config.scoring.shortlist, progress=True, greedy_steps=max(config.ks) or None,
+                       sublayer_blocks=config.scoring.sublayer_blocks, jackknife=config.scoring.taylor_jackknife,
+                       store=_disk_store(config.similarity.model, config.scoring, config.seed))
+
+
+def _check_ks(ks: tuple[int, ...], L: int) -> None:
+    for k in ks:
+        if k:
+            check_k(k, L)
+
+
+def _layer_budget(total: int, sizes: np.ndarray, k: int) -> Budget:
+    """The parameter budget of the model with k (average-sized) blocks removed."""
+    return Budget(params=int(total - round(k * sizes.mean())))
 
 
 def pruning_stage(config: PruningConfig) -> pd.DataFrame:
-    """Rows ``(strategy, k, layers, eval_ppl, num_params)``; k = 0 is the unpruned model (cached)."""
+    """Rows ``(strategy, granularity, k, units, layers, eval_ppl, num_params, …)``; k = 0 is the unpruned model (cached).
+
+    Each configuration's eval loss is computed from the eval stream of the unpruned model cached at
+    the first removed block (``Trunk.mask_nll``), identical configurations are evaluated once, and
+    the nested searches run once to the largest k.
+    """
 
     def compute():
         seed_everything(config.seed)
         model, tokenizer = shared_model(config.similarity.model)
-        for k in config.ks:
-            if k:
-                check_k(k, num_layers(model))
-        similarity = similarity_stage(config.similarity)
+        L = num_layers(model)
+        _check_ks(config.ks, L)
+        ctx = scoring_context(config)
         eval_ids = config.eval_data.blocks(tokenizer, model)
-        base = perplexity(model, eval_ids, batch_size=config.batch_size)
+        trunk = Trunk(model, eval_ids, config.batch_size)
+        trunk.refresh(np.zeros((L, 2), dtype=bool), progress=True)
+        count = float(trunk.n_predictions().sum())
+        total = count_params(model)
+        layer_sizes = unit_params(model, "layer")
+        kmax = max(config.ks)
         rows, seen = [], {}
         for strategy in config.strategies:
-            for k in config.ks:
-                layers = select_layers(similarity, k, strategy) if k else []
-                key = tuple(layers)
+            spec = get_strategy(strategy)
+            sizes = unit_params(model, spec.granularity)
+            started = time.perf_counter()
+            ks = config.ks if spec.granularity == "layer" else tuple(k for k in config.ks if k in config.sublayer_ks)
+            for k in sorted(ks, reverse=spec.nested):  # a nested search runs once, to the largest k
+                if k == 0:
+                    units: list[int] = []
+                elif spec.granularity == "layer":
+                    units = select_layers(ctx, k, strategy)
+                else:
+                    units = fit_budget(ctx, _layer_budget(total, layer_sizes, k), strategy).removed
+                mask = removal_mask(units, L, spec.granularity)  # type: ignore[arg-type]
+                key = mask.tobytes()
                 if key not in seen:
-                    pruned = drop_layers(model, layers) if k else model
-                    ppl = base if not k else perplexity(pruned, eval_ids, batch_size=config.batch_size)
-                    seen[key] = (ppl, sum(p.numel() for p in pruned.parameters()))
-                ppl, params = seen[key]
-                rows.append({"strategy": strategy, "k": k, "layers": layers, "eval_ppl": ppl, "num_params": params})
+                    seen[key] = float(trunk.mask_nll(mask).sum()) / count
+                nll = seen[key]
+                rows.append({
+                    "strategy": strategy, "granularity": spec.granularity, "k": k, "units": units,
+                    "layers": [int(l) for l in np.flatnonzero(mask.all(axis=1))],
+                    "sublayers": describe(units) if spec.granularity == "sublayer" else [],
+                    "eval_nll": nll, "eval_ppl": math.exp(nll), "num_params": total - int(sizes[units].sum()),
+                })
+            rows[-1]["select_seconds"] = time.perf_counter() - started
         return rows
 
-    return pd.DataFrame(cached_json("pruning", config, compute, seed=config.seed))
+    df = pd.DataFrame(cached_json("pruning", config, compute, seed=config.seed))
+    return df.sort_values(["strategy", "k"], key=lambda c: c.map(list(config.strategies).index) if c.name == "strategy" else c,
+                          kind="stable").reset_index(drop=True)
+
+
+def best_strategies(curves: pd.DataFrame, granularity: str = "layer") -> pd.DataFrame:
+    """For each k > 0, the strategy of lowest eval perplexity among ``granularity`` strategies, and its margins."""
+    rows = []
+    sub = curves[(curves.granularity == granularity) & (curves.k > 0)]
+    for k, group in sub.groupby("k"):
+        best = group.loc[group.eval_ppl.idxmin()]
+        ref = group.set_index("strategy").eval_ppl
+        rows.append({"k": int(k), "strategy": best.strategy, "layers": best.layers, "eval_ppl": best.eval_ppl,
+                     **{f"vs {name}": ref[name] - best.eval_ppl for name in ("block-influence", "angular-block") if name in ref}})
+    return pd.DataFrame(rows)
+
+
+def best_summary(best: pd.DataFrame) -> str:
+    """Markdown bullets: at each k, the best strategy, its layers, and its margins over BI and angular-block."""
+    lines = []
+    for _, row in best.iterrows():
+        margins = [f"{row[f'vs {name}']:.1f} below {name}" for name in ("block-influence", "angular-block") if f"vs {name}" in row]
+        lines.append(f"* k = {row.k}: **{row.strategy}** removes {list(row.layers)}: eval PPL {row.eval_ppl:.1f}, "
+                     + " and ".join(margins))
+    return "\n".join(lines)
+
+
+def best_selection(config: PruningConfig, k: int) -> tuple[str, list[int]]:
+    """The layer strategy of lowest eval perplexity at ``k`` in ``config``'s (cached) pruning curves, and its layers.
+
+    For notebook 03: ``strategy, layers = best_selection(config, 6)`` then ``drop_layers(model, layers)``.
+    Runs the pruning stage if its result is not cached yet.
+    """
+    if k not in config.ks or k == 0:
+        raise ValueError(f"k = {k} is not a pruning-curve point of this config (ks = {config.ks})")
+    curves = pruning_stage(config)
+    rows = curves[(curves.granularity == "layer") & (curves.k == k)]
+    best = rows.loc[rows.eval_ppl.idxmin()]
+    return str(best.strategy), [int(l) for l in best.layers]
+
+
+def save_pruned_variants(
+    config: PruningConfig, ks: tuple[int, ...] = (6,), also: tuple[str, ...] = ("block-influence", "angular-block")
+) -> list[str]:
+    """Save the best strategy's pruned model at each k (and ``also`` these strategies) as variants.
+
+    Names ``prune-k{k}-{strategy}``; meta ``{strategy, k, removed_layers, eval_ppl, …}``. Sub-layer
+    selections are saved through ``frankenllama.sublayer`` (load them with ``load_sublayer_pruned``).
+    A variant already saved from the same configuration is kept as it is.
+    """
+    from frankenllama.cache import config_key
+    from frankenllama.variants import list_variants
+
+    curves = pruning_stage(config)
+    model, tokenizer = shared_model(config.similarity.model)
+    existing = {v.name: v.meta for v in list_variants()}
+    names = []
+    for k in ks:
+        best, _ = best_selection(config, k)
+        for strategy in dict.fromkeys((best, *also)):
+            row = curves[(curves.strategy == strategy) & (curves.k == k)].iloc[0]
+            name = f"prune-k{k}-{strategy}"
+            meta = {"strategy": strategy, "k": k, "removed_layers": list(row.layers), "removed_units": list(row.units),
+                    "granularity": row.granularity, "eval_ppl": float(row.eval_ppl), "best_at_k": strategy == best,
+                    "pruning_config_key": config_key("pruning", config), "config": config}
+            names.append(name)
+            if existing.get(name, {}).get("pruning_config_key") == meta["pruning_config_key"]:
+                continue
+            pruned = drop_layers(model, row.units) if row.granularity == "layer" else prune_sublayers(model, row.units)
+            save_variant(name, pruned, tokenizer, meta, seed=config.seed)
+            del pruned
+    return names
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """How well the cheap proxies track the truth, and how stable each strategy's choice is.
+
+    Correlation: Spearman's ρ between each proxy and the one-layer-out ΔPPL on the calibration
+    blocks, with percentile bootstrap intervals over calibration blocks (``n_boot`` resamples;
+    Taylor, which does not decompose over samples, gets a delete-one jackknife interval).
+    Stability: ``draws`` random subsets of ``sizes`` calibration blocks (seed = which blocks are
+    drawn); each strategy's choice at ``ks`` on each subset, compared across draws (mean pairwise
+    Jaccard) and with the choice on all calibration blocks. Strategies that measure the model by
+    search or gradients are re-run on ``search_draws`` subsets of each of ``search_sizes`` blocks.
+    """
+
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    proxies: tuple[str, ...] = ("block-influence", "angular", "angular-all", "ablation-kl", "taylor")
+    truth: str = "ablation-ppl"
+    n_boot: int = 1000
+    level: float = 0.95
+    sizes: tuple[int, ...] = (2, 4)
+    draws: int = 10
+    ks: tuple[int, ...] = (3, 6, 9)
+    stability_strategies: tuple[str, ...] = ("block-influence", "angular", "angular-block", "ablation-nll",
+                                             "ablation-kl", "contiguous-nll", "taylor+", "sleb")
+    search_sizes: tuple[int, ...] = (4,)
+    search_draws: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (*self.proxies, self.truth):
+            if name not in SCORES:
+                raise KeyError(f"unknown score {name!r}; choose one of {sorted(SCORES)}")
+        for name in self.stability_strategies:
+            if get_strategy(name).granularity != "layer":
+                raise ValueError(f"stability is studied for layer strategies; {name!r} is not one")
+        if not 0 < self.level < 1 or self.n_boot < 10 or self.draws < 2 or self.search_draws < 0:
+            raise ValueError("need 0 < level < 1, n_boot >= 10, draws >= 2 and search_draws >= 0")
+        n = self.pruning.scoring.calib.n_blocks
+        too_big = [s for s in (*self.sizes, *self.search_sizes) if not 1 <= s <= n]
+        if too_big:
+            raise ValueError(f"calibration subset sizes {too_big} outside 1 … {n} (the calibration blocks)")
+
+
+def _proxy_on(scan: AblationScan, name: str, rows: np.ndarray) -> np.ndarray:
+    sub = LayerScores(scans=[scan.subset(rows)])
+    return sub.score(name)
+
+
+def _jaccard(a: list[int], b: list[int]) -> float:
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def study_stage(config: StudyConfig) -> dict[str, pd.DataFrame]:
+    """``{"correlation", "stability", "choices"}`` tables of the proxy-vs-truth study (cached)."""
+
+    def compute():
+        seed_everything(config.seed)
+        model, _ = shared_model(config.pruning.similarity.model)
+        L = num_layers(model)
+        _check_ks(config.ks, L)
+        ctx = scoring_context(config.pruning)
+        scan = ctx.scan()
+        N = scan.n_samples
+        everything = np.arange(N)
+        rng = np.random.default_rng(config.seed)
+        alpha = (1 - config.level) / 2
+        truth = _proxy_on(scan, config.truth, everything)
+        correlation = []
+        boots = [rng.integers(0, N, N) for _ in range(config.n_boot)]
+        for proxy in config.proxies:
+            if proxy.startswith("taylor"):
+                taylor = ctx.taylor()
+                if not len(taylor.loo):
+                    raise ValueError("the Taylor interval needs ScoringConfig(taylor_jackknife=True)")
+                rho = float(stats.spearmanr(taylor.score, truth).statistic)
+                reps = np.array([stats.spearmanr(taylor.loo[i], _proxy_on(scan, config.truth, np.delete(everything, i))).statistic
+                                 for i in range(N)])
+                se = math.sqrt((N - 1) / N * ((reps - reps.mean()) ** 2).sum())
+                z = stats.norm.ppf(1 - alpha)
+                correlation.append({"proxy": proxy, "spearman": rho, "low": rho - z * se, "high": min(1.0, rho + z * se),
+                                    "interval": f"jackknife ({N} leave-one-out)"})
+                continue
+            rho = float(stats.spearmanr(_proxy_on(scan, proxy, everything), truth).statistic)
+            reps = np.array([stats.spearmanr(_proxy_on(scan, proxy, rows), _proxy_on(scan, config.truth, rows)).statistic
+                             for rows in boots])
+            low, high = np.nanquantile(reps, [alpha, 1 - alpha])
+            correlation.append({"proxy": proxy, "spearman": rho, "low": float(low), "high": float(high),
+                                "interval": f"bootstrap ({config.n_boot} resamples of {N} blocks)"})
+
+        choices = []
+        full = {s: {k: select_layers(ctx, k, s) for k in config.ks} for s in config.stability_strategies}
+        for strategy in config.stability_strategies:
+            spec = get_strategy(strategy)
+            searched = spec.needs_model and strategy not in ("ablation-nll", "ablation-kl", "contiguous-nll")
+            sizes = config.search_sizes if searched else config.sizes
+            draws = config.search_draws if searched else config.draws
+            for size in sizes:
+                for draw in range(draws):
+                    rows = np.sort(np.random.default_rng([config.seed, size, draw]).choice(N, size, replace=False))
+                    sub = scan.subset(rows)
+                    if searched:
+                        sub_ctx = LayerScores(sub.similarity(), ctx.model, ctx.calib[rows], batch_size=ctx.batch_size,
+                                              shortlist=ctx.shortlist, scans=[sub], greedy_steps=max(config.ks))
+                    else:
+                        sub_ctx = LayerScores(scans=[sub])
+                    if spec.nested:
+                        select_layers(sub_ctx, max(config.ks), strategy)
+                    for k in config.ks:
+                        layers = select_layers(sub_ctx, k, strategy)
+                        choices.append({"strategy": strategy, "size": size, "draw": draw, "k": k, "layers": layers,
+                                        "jaccard_full": _jaccard(layers, full[strategy][k])})
+        table = pd.DataFrame(choices)
+        stability = []
+        for (strategy, size, k), group in table.groupby(["strategy", "size", "k"], sort=False):
+            picks = list(group.layers)
+            pairs = [_jaccard(a, b) for i, a in enumerate(picks) for b in picks[i + 1:]]
+            stability.append({"strategy": strategy, "size": size, "k": k, "draws": len(picks),
+                              "jaccard_between_draws": float(np.mean(pairs)) if pairs else float("nan"),
+                              "jaccard_with_full": float(group.jaccard_full.mean())})
+        return {"correlation": correlation, "stability": stability, "choices": choices}
+
+    result = cached_json("study", config, compute, seed=config.seed)
+    return {name: pd.DataFrame(rows) for name, rows in result.items()}

@@ -14,55 +14,194 @@
 model = "smollm2-135m"  # registry name, local transformers folder or GGUF file
 corpus = "wiki-leads"  # corpus name or path to a text file
 block_len = 256  # tokens per block (calibration and evaluation)
-calib_blocks = 64  # calibration blocks, as in notebook 01 to share its cache
+calib_blocks = 64  # calibration blocks of the similarity statistics, as in notebook 01 to share its cache
+score_blocks = 8  # calibration blocks for ablation, Taylor and the greedy searches (the first of the calib split)
+sublayer_blocks = 4  # of those, how many the sub-block (attention / MLP) measurements use
 eval_blocks = 16  # held-out eval blocks for perplexity: 16 x 256 = 4k tokens
-max_k = 12  # pruning curve from 0 to max_k removed layers
-batch_size = 8  # blocks per forward pass
+max_k = 12  # pruning curve from 0 to max_k removed layers ...
+k_step = 3  # ... every k_step layers (1 = every k, about 3x the evaluation time)
+shortlist = 8  # greedy searches re-score only the 8 best candidates of the previous step (0 = exact)
+sublayer_search = False  # also run BlockPruner's greedy search over the 60 sub-blocks (slow on a CPU)
+n_boot = 1000  # bootstrap resamples for the rank-correlation intervals
+stability_draws = 10  # random calibration subsets per size for the stability study
+search_blocks = 4  # calibration blocks of each subset on which the searching strategies (SLEB, Taylor+) are re-run
+search_draws = 2  # how many such subsets
+batch_size = 4  # blocks per forward pass
 seed = 0  # seed set at each stage's entry
 smoke = False  # small, fast profile for tests and CI
 
 # %% [markdown]
-# # 02 · Pruning
+# # 02 · Which layers to remove
 #
-# Remove k blocks chosen by each strategy and measure the held-out perplexity of the pruned model
-# (no healing). The similarity statistics come from notebook 01's cache.
+# Cheap similarity proxies — ShortGPT's Block Influence and Gromov et al.'s angular distance — are
+# what most depth-pruning tools use, yet they are known to mis-rank layers. Here every serious way
+# of choosing what to remove is measured on the real model, without healing:
+#
+# * **true scores** on the calibration split: the increase of the calibration loss (ΔNLL, ΔPPL)
+#   and the KL divergence to the full model when one layer alone is removed; Taylor importance
+#   Σ|w·∂L/∂w| (Kim et al. 2024); and the proxies (BI, angular distance);
+# * **strategies** (one registry): top-k by any score, the best contiguous block, reverse order
+#   (Lu et al. 2024), iterative greedy removal (SLEB, Song et al. 2024), and sub-layer pruning of
+#   attention and MLP sub-blocks separately (BlockPruner, Zhong et al. 2024);
+# * **the study**: pruning curves on held-out text, the rank correlation of each proxy with the
+#   true one-layer-out ΔPPL (with confidence intervals), and how stable each strategy's choice is.
+#
+# Everything expensive is computed once into config-keyed caches; this notebook reads them.
 
 # %%
+import pandas as pd
+from IPython.display import Markdown, display
+
+from frankenllama import viz
+from frankenllama.budget import Budget, count_params, fit_budget, unit_params
 from frankenllama.paths import figures_dir
 from frankenllama.plotting import set_style
-from frankenllama.stages import DataConfig, PruningConfig, SimilarityConfig, pruning_stage
+from frankenllama.selection import STRATEGIES
+from frankenllama.stages import (
+    DataConfig,
+    PruningConfig,
+    ScoringConfig,
+    SimilarityConfig,
+    StudyConfig,
+    best_strategies,
+    best_summary,
+    pruning_stage,
+    save_pruned_variants,
+    scoring_context,
+    study_stage,
+)
 from frankenllama.tables import write_table
-from frankenllama import viz
 
 if smoke:
-    calib_blocks, eval_blocks, block_len, max_k = 4, 2, 64, 2
+    calib_blocks, block_len, score_blocks, sublayer_blocks, eval_blocks = 4, 64, 2, 2, 2
+    max_k, k_step, n_boot, stability_draws, search_draws = 2, 1, 50, 3, 1
 set_style()
 out = figures_dir(smoke)
+strategies = tuple(s for s in STRATEGIES if sublayer_search or s != "blockpruner")
+ks = tuple(sorted({0, *range(k_step, max_k + 1, k_step), *[k for k in (3, 6, 9) if k <= max_k]}))
 config = PruningConfig(
-    similarity=SimilarityConfig(model, DataConfig(corpus, "calib", block_len, calib_blocks), batch_size, seed),
+    similarity=SimilarityConfig(model, DataConfig(corpus, "calib", block_len, calib_blocks), 8, seed),
+    scoring=ScoringConfig(DataConfig(corpus, "calib", block_len, score_blocks), batch_size, shortlist or None,
+                          sublayer_blocks=sublayer_blocks),
     eval_data=DataConfig(corpus, "eval", block_len, eval_blocks),
-    ks=tuple(range(0, max_k + 1)),
+    strategies=strategies,
+    ks=ks,
+    sublayer_ks=ks if smoke else (0, 3, 6, 9),
     batch_size=batch_size,
     seed=seed,
 )
 curves = pruning_stage(config)
+baseline = float(curves.loc[curves.k == 0, "eval_ppl"].iloc[0])
+print(f"unpruned eval perplexity {baseline:.2f}; {len(strategies)} strategies at k = {ks}")
 
 # %% [markdown]
-# ## Eval perplexity vs layers removed
+# ## Pruning curves: held-out perplexity vs layers removed
+# Sub-layer strategies remove attention / MLP sub-blocks until the model is no larger than the model
+# with k whole layers removed, so every point of a column has (about) the same parameter count.
 
 # %%
-baseline = float(curves.loc[curves.k == 0, "eval_ppl"].iloc[0])
 fig = viz.pruning_curves(curves, out, baseline=baseline)
+
+# %%
+table = curves[curves.k > 0].pivot(index="strategy", columns="k", values="eval_ppl").loc[list(strategies)]
+write_table(table.reset_index(), out, "pruning_curve_ppl", caption="Eval perplexity after removing k layers (no healing).")
+write_table(curves.assign(layers=curves.layers.map(lambda l: " ".join(map(str, l))),
+                          units=curves.units.map(lambda l: " ".join(map(str, l))),
+                          sublayers=curves.sublayers.map(" ".join)), out, "pruning_curve",
+            caption="Every pruning-curve point: strategy, k, removed units, eval perplexity.")
+table.round(1)
 
 # %% [markdown]
 # ## Which layers each strategy removes
 
 # %%
-table = curves.pivot(index="k", columns="strategy", values="eval_ppl")
-chosen = curves.pivot(index="k", columns="strategy", values="layers")
-write_table(curves.assign(layers=curves.layers.map(lambda l: " ".join(map(str, l)))), out, "pruning_curve",
-            caption="Eval perplexity after removing k layers without healing.")
-chosen
+chosen = curves[curves.k > 0].assign(
+    removed=lambda d: [" ".join(s) if g == "sublayer" else " ".join(map(str, l))
+                       for g, l, s in zip(d.granularity, d.layers, d.sublayers)])
+chosen.pivot(index="strategy", columns="k", values="removed").loc[list(strategies)]
+
+# %% [markdown]
+# ## The best strategy against the published criteria
 
 # %%
-table.round(2)
+best = best_strategies(curves)
+write_table(best.assign(layers=best.layers.map(lambda l: " ".join(map(str, l)))), out, "best_strategy",
+            caption="Best layer strategy at each k on held-out eval perplexity, and its margin over BI and angular-block.")
+display(Markdown(best_summary(best)))
+best.round(2)
+
+# %% [markdown]
+# The best strategy is chosen on held-out perplexity here, after the fact; each strategy itself saw
+# only the calibration split. How the winners are measured (the true score, the greedy search) is
+# what the study below explains.
+
+# %% [markdown]
+# ## Every score per layer
+# Rank-normalised importances (1 = most important). The proxies (BI, angular) and the true
+# one-layer-out damage disagree most about the deep layers.
+
+# %%
+ctx = scoring_context(config)
+scan = ctx.scan()
+scores = pd.DataFrame({name: ctx.score(name) for name in
+                       ("ablation-ppl", "ablation-kl", "taylor", "block-influence", "angular", "angular-all")})
+scores.index.name = "layer"
+fig = viz.score_profiles(scores, out)
+scores.T.round(3)
+
+# %% [markdown]
+# ## How well do the cheap proxies track the truth?
+# Spearman's ρ between each proxy and the one-layer-out ΔPPL on the calibration blocks. Intervals:
+# percentile bootstrap over calibration blocks; Taylor (not a sum over samples) gets a delete-one
+# jackknife interval.
+
+# %%
+study = study_stage(StudyConfig(
+    pruning=config, n_boot=n_boot, draws=stability_draws, search_draws=search_draws,
+    ks=tuple(k for k in (3, 6, 9) if k <= max_k) or (1,),
+    sizes=(1, 2) if smoke else (2, 4), search_sizes=(1,) if smoke else (search_blocks,), seed=seed,
+))
+correlation = study["correlation"]
+write_table(correlation, out, "proxy_vs_truth", caption="Spearman rank correlation of each proxy with one-layer-out ΔPPL.")
+fig = viz.proxy_correlation(correlation, out)
+correlation.round(3)
+
+# %% [markdown]
+# ## How stable is each strategy's choice?
+# Calibration subsets of a few blocks, drawn at random (the seed is which blocks); the overlap
+# (Jaccard) of each strategy's choice with its choice on all calibration blocks, and between draws.
+
+# %%
+stability = study["stability"]
+write_table(stability, out, "selection_stability", caption="Stability of each strategy's choice across calibration subsets.")
+fig = viz.stability(stability, out)
+stability.pivot_table(index="strategy", columns=["k", "size"], values="jaccard_with_full").round(2)
+
+# %% [markdown]
+# ## Pruning to a budget
+# The configuration each strategy finds under a size target: here the bytes of the model at
+# bfloat16 with about a fifth of its blocks removed.
+
+# %%
+full = count_params(ctx.model)
+target = Budget(bytes=int((full - 0.2 * unit_params(ctx.model, "layer").sum()) * 2), dtype="bfloat16")
+fits = [fit_budget(ctx, target, s) for s in ("sleb", "block-influence", "sublayer-nll")]
+pd.DataFrame([{"strategy": f.strategy, "removed units": f.k, "kept layers": f.kept_layers,
+               "params (M)": f.num_params / 1e6, "MiB at bf16": f.num_bytes / 2**20} for f in fits]).round(2)
+
+# %% [markdown]
+# ## Variants for healing and evaluation
+# The best strategy's pruned model at k = 6 (and block-influence and angular-block for comparison),
+# saved as variants that notebooks 03 and 04 load.
+
+# %%
+if not smoke and 6 in ks:
+    print(save_pruned_variants(config, ks=(6,)))
+
+# %% [markdown]
+# ## Explorer
+# Pick a strategy and k: the removed layers on the residual-stream similarity and the eval perplexity
+# (from the cached results; nothing is recomputed).
+
+# %%
+viz.selection_explorer(curves, ctx.similarity, baseline);

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from conftest import tiny_llama
 from frankenllama.healing import (
     RECIPES,
     CheckpointMismatchError,
@@ -36,20 +37,12 @@ from frankenllama.surgery import drop_layers
 VOCAB = 128
 
 
-def tiny_tokenizer(n: int = VOCAB, offset: int = 0) -> PreTrainedTokenizerFast:
-    vocab = {f"t{i}": (i + offset) % n for i in range(n)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="t1", unk_token="t0")
-
-
-def tiny_llama(layers: int = 4, vocab: int = VOCAB, seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=True,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval()
+def word_tokenizer(offset: int = 0) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``VOCAB`` tokens; ``offset`` shifts every id (a different vocabulary map)."""
+    vocab = {f"t{i}": (i + offset) % VOCAB for i in range(VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="t0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="t2", unk_token="t0")
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +52,7 @@ def setup():
     g = torch.Generator().manual_seed(1)
     train = torch.randint(0, VOCAB, (12, 16), generator=g)  # (N, T)
     evals = torch.randint(0, VOCAB, (4, 16), generator=g)
-    return teacher, student, tiny_tokenizer(), train, evals
+    return teacher, student, word_tokenizer(), train, evals
 
 
 def params(model) -> dict[str, torch.Tensor]:
@@ -148,7 +141,7 @@ def linear_block_setup():
     replaced by ``h ↦ h + (h P) B``; the ReplaceMe target ``L − Y = M_0 (I + B)`` is then exactly
     linear in ``M_0`` and the fitted patch must reproduce the teacher to float precision.
     """
-    teacher = tiny_llama(layers=4)
+    teacher = tiny_llama(num_layers=4)
     d = teacher.config.hidden_size
     half = d // 2
     with torch.no_grad():
@@ -162,7 +155,7 @@ def linear_block_setup():
     def linear_forward(self, hidden_states, *args, **kwargs):
         m = torch.zeros_like(hidden_states)
         m[..., half:] = hidden_states[..., half:]  # h P = M_0
-        return hidden_states + m @ mix
+        return hidden_states + m @ mix.to(m.device, m.dtype)
 
     decoder_layers(teacher)[1].forward = types.MethodType(linear_forward, decoder_layers(teacher)[1])
     return teacher
@@ -183,7 +176,7 @@ def test_linear_patch_is_exact_for_a_linear_removed_block():
 
 
 def test_linear_patch_is_identity_when_the_removed_block_does_nothing():
-    teacher = tiny_llama(layers=4)
+    teacher = tiny_llama(num_layers=4)
     with torch.no_grad():  # block 2 adds zero: removing it changes nothing, and T = I is optimal
         decoder_layers(teacher)[2].self_attn.o_proj.weight.zero_()
         decoder_layers(teacher)[2].mlp.down_proj.weight.zero_()
@@ -191,6 +184,14 @@ def test_linear_patch_is_identity_when_the_removed_block_does_nothing():
     before = decoder_layers(student)[1].mlp.down_proj.weight.clone()
     linear_patch(student, teacher, torch.randint(0, VOCAB, (8, 16)))
     torch.testing.assert_close(decoder_layers(student)[1].mlp.down_proj.weight, before, atol=1e-4, rtol=1e-4)
+
+
+def test_patching_two_runs_never_fits_worse_than_plain_removal():
+    teacher = tiny_llama(num_layers=6)
+    student = drop_layers(teacher, [1, 3])  # runs (1,) and (3,); the second is fitted on the patched student
+    fits = linear_patch(student, teacher, torch.randint(0, VOCAB, (16, 16), generator=torch.Generator().manual_seed(6)))
+    assert [f.removed for f in fits] == [(1,), (3,)] and [f.student_layer for f in fits] == [0, 1]
+    assert all(f.rel_error <= f.rel_error_identity + 1e-9 for f in fits)
 
 
 def test_patch_then_heal_composes(setup):
@@ -217,7 +218,7 @@ def test_every_recipe_reports_its_cost(setup, tmp_path, recipe):
 
 def test_partial_trains_only_the_blocks_next_to_the_cut(setup):
     teacher, student, tok, train, evals = setup  # student blocks hold original [0, 1, 3]; cut at 2
-    big = drop_layers(tiny_llama(layers=6), [3])  # original [0,1,2,4,5]: neighbours of the cut are 2 and 4
+    big = drop_layers(tiny_llama(num_layers=6), [3])  # original [0,1,2,4,5]: neighbours of the cut are 2 and 4
     before = params(big)
     result = heal(big, tok, HealConfig(recipe="partial", tokens=64, batch_size=2, lr=1e-2), train_blocks=train, progress=False)
     changed = {n.split(".")[2] for n, p in params(result.model).items() if not torch.equal(p, before[n]) and ".layers." in n}
@@ -259,11 +260,11 @@ def test_missing_lora_targets_are_refused(setup, tmp_path):
 def test_teacher_with_another_vocabulary_is_refused(setup, tmp_path):
     teacher, student, tok, train, _ = setup
     config = HealConfig(recipe="kd-lora", tokens=64, batch_size=2)
-    other = tiny_llama(vocab=VOCAB + 8)
+    other = tiny_llama(vocab_size=VOCAB + 8)
     with pytest.raises(TeacherMismatchError, match="vocabulary"):
         heal(student, tok, config, train_blocks=train, teacher=other, out_dir=tmp_path / "m", progress=False)
     with pytest.raises(TeacherMismatchError, match="tokenizers map tokens to different ids"):
-        heal(student, tok, config, train_blocks=train, teacher=teacher, teacher_tokenizer=tiny_tokenizer(offset=3),
+        heal(student, tok, config, train_blocks=train, teacher=teacher, teacher_tokenizer=word_tokenizer(offset=3),
              out_dir=tmp_path / "m", progress=False)  # fmt: skip
     assert not any(tmp_path.iterdir())
 
@@ -301,18 +302,20 @@ def test_patch_of_layers_that_were_not_removed_is_refused(setup, tmp_path):
 
 
 # ----------------------------------------------------------------------------- real model
-@pytest.mark.real_model
-def test_lora_lowers_eval_perplexity_of_pruned_smollm2(tmp_path):
-    """A few LoRA steps on wiki-leads train blocks lower held-out perplexity of SmolLM2 minus 6 layers."""
+@pytest.mark.integration
+def test_lora_and_patch_lower_eval_perplexity_of_pruned_smollm2(smollm2, eval_blocks, tmp_path):
+    """On SmolLM2-135M minus blocks 13–18: a few LoRA steps and the linear patch both lower held-out PPL."""
     from frankenllama.data import load_corpus, token_blocks
-    from frankenllama.models import load_model
 
-    model, tok = load_model("smollm2-135m")
-    train = token_blocks(tok, load_corpus("wiki-leads", "train"), 128, max_blocks=32)
-    evals = token_blocks(tok, load_corpus("wiki-leads", "eval"), 128, max_blocks=8)
-    student = drop_layers(model, list(range(20, 26)))
-    config = HealConfig(recipe="lora", tokens=8 * 4 * 128, batch_size=4, lr=2e-3)
-    result = heal(student, tok, config, train_blocks=train, eval_blocks=evals, out_dir=tmp_path / "m", progress=False)
+    model, tok = smollm2
+    train = token_blocks(tok, load_corpus("wiki-leads", "train"), 128, max_blocks=24)
+    calib = token_blocks(tok, load_corpus("wiki-leads", "calib"), 128, max_blocks=32)
+    student = drop_layers(model, list(range(13, 19)))
+    config = HealConfig(recipe="lora", tokens=6 * 4 * 128, batch_size=4, lr=2e-3)
+    result = heal(student, tok, config, train_blocks=train, eval_blocks=eval_blocks, out_dir=tmp_path / "m", progress=False)
     assert result.ppl_after < result.ppl_before
-    assert result.losses[-1]["loss"] < result.losses[0]["loss"]
+    assert result.losses[-1]["ce"] < result.losses[0]["ce"]
     assert (tmp_path / "m" / "model.safetensors").exists()
+    patched = heal(student, tok, HealConfig(recipe="linear-patch"), teacher=model, calib_blocks=calib,
+                   eval_blocks=eval_blocks, progress=False)  # fmt: skip
+    assert patched.ppl_after < patched.ppl_before

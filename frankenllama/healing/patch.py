@@ -152,6 +152,20 @@ def _capture(model: nn.Module, ids: torch.Tensor, wants: dict[str, tuple[nn.Modu
 
 
 @torch.no_grad()
+def _same_prefix(student: PreTrainedModel, teacher: PreTrainedModel, p: int) -> bool:
+    """Whether the student's embeddings and blocks 0 … p are exactly the teacher's blocks 0 … p."""
+    if lineage(student)["kept_layers"][: p + 1] != list(range(p + 1)):
+        return False
+    pairs = [(student.get_input_embeddings(), teacher.get_input_embeddings())]
+    pairs += [(decoder_layers(student)[k], decoder_layers(teacher)[k]) for k in range(p + 1)]
+    for a, b in pairs:
+        for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            if na != nb or ta.shape != tb.shape or ta.device != tb.device or not torch.equal(ta, tb):
+                return False
+    return True
+
+
+@torch.no_grad()
 def fold_into_down_proj(mlp: nn.Module, transform: torch.Tensor) -> None:
     """Make ``mlp``'s output ``M`` become ``M T``: ``W_down ← Tᵀ W_down`` (and ``b ← b T``)."""
     down = mlp.down_proj
@@ -194,14 +208,29 @@ def linear_patch(
         p = kept.index(run[0] - 1)
         block = s_layers[p]
         d = student.config.hidden_size
+        if ridge == 0 and len(calib_blocks) * calib_blocks.shape[1] < d:
+            raise PatchError(
+                f"{calib_blocks.numel()} calibration tokens are fewer than the hidden size {d}: the least-squares "
+                "fit is underdetermined and would overfit; give more calibration tokens or a ridge > 0"
+            )
+        # Before any patch is folded the student's prefix is the teacher's own: read Y and M from the
+        # teacher's pass too and skip the student's.
+        shared = _same_prefix(student, teacher, p)
+        t_block = t_layers[run[0] - 1]
         gram = torch.zeros(d, d, dtype=torch.float64)  # MᵀM
         cross = torch.zeros(d, d, dtype=torch.float64)  # Mᵀ(L − Y)
         err_id = target_sq = 0.0
         tokens = 0
         for start in range(0, len(calib_blocks), batch_size):
             ids = calib_blocks[start : start + batch_size]
-            target = _capture(teacher, ids.to(t_dev), {"L": (t_layers[run[-1]], "out")})["L"]
-            got = _capture(student, ids.to(s_dev), {"Y": (block.post_attention_layernorm, "in"), "M": (block.mlp, "out")})
+            if shared:
+                got = _capture(teacher, ids.to(t_dev), {
+                    "Y": (t_block.post_attention_layernorm, "in"), "M": (t_block.mlp, "out"), "L": (t_layers[run[-1]], "out")
+                })  # fmt: skip
+                target = got["L"]
+            else:
+                target = _capture(teacher, ids.to(t_dev), {"L": (t_layers[run[-1]], "out")})["L"]
+                got = _capture(student, ids.to(s_dev), {"Y": (block.post_attention_layernorm, "in"), "M": (block.mlp, "out")})
             m = got["M"].reshape(-1, d).double().cpu()  # (n, d)
             delta = (target.to(s_dev) - got["Y"]).reshape(-1, d).double().cpu()  # (n, d)
             gram += m.T @ m

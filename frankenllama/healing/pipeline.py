@@ -60,7 +60,7 @@ class CheckpointMismatchError(ValueError):
 class HealResult:
     """What a healing run produced and what it cost."""
 
-    model: PreTrainedModel  # the healed plain transformers model (eval mode)
+    model: PreTrainedModel | None  # the healed plain transformers model (eval mode); None once released
     config: HealConfig
     out_dir: Path | None
     tokens_seen: int  # training tokens (0 for a training-free recipe)
@@ -108,7 +108,7 @@ def model_digest(model: PreTrainedModel | None) -> str | None:
     c = model.config
     arch = {k: getattr(c, k, None) for k in ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers")}
     arch["frankenllama"] = getattr(c, "frankenllama", None)
-    sums = [f"{n}:{float(p.double().sum()):.10e}:{float(p.double().abs().sum()):.10e}" for n, p in model.state_dict().items()]
+    sums = [f"{n}:{float(p.sum(dtype=torch.float64)):.10e}:{float(p.abs().sum(dtype=torch.float64)):.10e}" for n, p in model.state_dict().items()]
     blob = json.dumps({"arch": to_jsonable(arch), "sums": sums}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -55,8 +55,8 @@ class Recipe:
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe("lora", "LoRA on the next-token loss, merged into the weights", True, "lora", False, 1e-3),
-        Recipe("kd-lora", "distillation from the unpruned model through LoRA", True, "lora", True, 1e-3),
+        Recipe("lora", "LoRA on the next-token loss, merged into the weights", True, "lora", False, 2e-3),
+        Recipe("kd-lora", "distillation from the unpruned model through LoRA", True, "lora", True, 2e-3),
         Recipe("kd-full", "distillation from the unpruned model on all weights", True, "full", True, 5e-5),
         Recipe("partial", "fine-tune only the blocks next to the cut (+ final norm)", True, "partial", False, 2e-4),
         Recipe("linear-patch", "training-free least-squares patch folded into down_proj (ReplaceMe)", False, "none", True, 0.0),
@@ -98,7 +98,7 @@ class HealConfig:
     recipe: str = "lora"  # a key of RECIPES or a composition "linear-patch+<recipe>"
     tokens: int = 16_384  # training-token budget
     batch_size: int = 4  # blocks per optimizer step
-    lr: float | None = None  # peak learning rate; None → the recipe's default
+    lr: float | None = None  # peak learning rate; None → the trained recipe's default (see learning_rate)
     warmup: float = 0.1  # fraction of steps of linear warm-up, then cosine decay to min_lr_ratio·lr
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -134,8 +134,6 @@ class HealConfig:
         if self.patch_layers is not None:
             object.__setattr__(self, "patch_layers", tuple(sorted(self.patch_layers)))
         trained = self.trained_recipe
-        if self.lr is None:
-            object.__setattr__(self, "lr", trained.default_lr if trained else 0.0)
         ints = {
             "tokens": self.tokens, "batch_size": self.batch_size, "lora_rank": self.lora_rank,
             "partial_width": self.partial_width, "patch_tokens": self.patch_tokens, "seed": self.seed,
@@ -152,8 +150,8 @@ class HealConfig:
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables), got {getattr(self, name)}")
-        if trained is not None and not self.lr > 0:
-            raise ValueError(f"lr must be positive for a trained recipe, got {self.lr}")
+        if self.lr is not None and (isinstance(self.lr, bool) or not self.lr > 0):
+            raise ValueError(f"lr must be positive (or None for the recipe's default), got {self.lr}")
         if not 0.0 <= self.warmup < 1.0 or not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError("warmup must be in [0, 1) and min_lr_ratio in [0, 1]")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.patch_ridge < 0:
@@ -178,6 +176,14 @@ class HealConfig:
         return next((s for s in self.steps if s.trains), None)
 
     @property
+    def learning_rate(self) -> float:
+        """The peak learning rate: ``lr``, or the trained recipe's default when ``lr`` is None."""
+        if self.lr is not None:
+            return float(self.lr)
+        trained = self.trained_recipe
+        return trained.default_lr if trained else 0.0
+
+    @property
     def patches(self) -> bool:
         return any(s.name == "linear-patch" for s in self.steps)
 
@@ -190,4 +196,5 @@ class HealConfig:
         """The fields that determine the result (everything but the checkpoint cadence)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
         out.pop("checkpoint_every")
+        out["lr"] = self.learning_rate
         return out

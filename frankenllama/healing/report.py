@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from frankenllama.cache import atomic_write_text
 from frankenllama.healing.pipeline import HealResult
 from frankenllama.plotting import COLUMN_WIDTH, PALETTE
 
@@ -56,19 +53,6 @@ def recovery_table(results: Sequence[HealResult], reference_ppl: float) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def write_table(table: pd.DataFrame, name: str, out_dir: Path, caption: str = "") -> list[Path]:
-    """Write ``table`` as ``<name>.csv`` and a booktabs ``<name>.tex`` beside the figures."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, tex_path = out_dir / f"{name}.csv", out_dir / f"{name}.tex"
-    atomic_write_text(csv_path, table.to_csv(index=False, float_format="%.4g"))
-    styler = table.style.hide(axis="index").format(precision=1, thousands=",", na_rep="--", escape="latex")
-    styler = styler.format({c: "{:.2f}" for c in ("PPL before", "PPL after") if c in table})
-    styler = styler.format_index(escape="latex", axis=1)
-    latex = styler.to_latex(hrules=True, caption=caption or None, label=f"tab:{name}", position_float="centering")
-    atomic_write_text(tex_path, latex)
-    return [csv_path, tex_path]
-
-
 def plot_ppl_vs_tokens(results: Sequence[HealResult], reference_ppl: float, unhealed_ppl: float) -> plt.Figure:
     """Eval perplexity against training tokens, one line per recipe, with the unpruned and unhealed levels."""
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.6))
@@ -90,11 +74,12 @@ def plot_losses(results: Sequence[HealResult], key: str = "loss") -> plt.Figure:
     """Training loss against tokens for every trained recipe (KD losses are on their own scale)."""
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 2.6))
     for i, r in enumerate(results):
-        if not r.losses:
+        if not any(key in row for row in r.losses):
             continue
+        rows = [row for row in r.losses if key in row]
         ax.plot(
-            [row["tokens"] / 1000 for row in r.losses],
-            [row[key] for row in r.losses],
+            [row["tokens"] / 1000 for row in rows],
+            [row[key] for row in rows],
             color=PALETTE[i % len(PALETTE)],
             label=r.config.recipe,
             linewidth=1,

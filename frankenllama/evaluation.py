@@ -1,0 +1,264 @@
+"""The final comparison: the unpruned model against every pruned / healed variant in the store.
+
+For each model the stage measures what it kept and lost — zero-shot accuracy on the
+``frankenllama.tasks`` benchmarks, held-out perplexity, fidelity to the original
+(``frankenllama.fidelity``: KL divergence and top-1 agreement) — and what it gained
+(``frankenllama.efficiency``: parameters, bytes, memory, prefill and decode speed, all variants timed
+side by side with the original in one run). Per-model results are cached under a key made of the
+evaluation config and the variant's identity (its provenance record), so adding a variant only
+evaluates that one; the speed table is cached for the exact set of models it compared.
+
+Depth pruning can leave perplexity almost intact while question-answering accuracy collapses
+(Gromov et al. 2024, arXiv:2403.17887), hence the per-task view and "% retained" =
+``100 × average accuracy of the variant / average accuracy of the original``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from frankenllama.cache import cached_json, seed_everything
+from frankenllama.efficiency import SpeedConfig, compare_efficiency
+from frankenllama.fidelity import DEFAULT_PROMPTS, generations_side_by_side, next_token_fidelity
+from frankenllama.models import DEFAULT_MODEL, decoder_layers, load_model, model_folder
+from frankenllama.perplexity import perplexity
+from frankenllama.plotting import COLUMN_WIDTH, PALETTE, TEXT_WIDTH, save_figure
+from frankenllama.tasks import DEFAULT_TASKS, TASKS, TaskEvalConfig, evaluate_tasks
+from frankenllama.variants import META_FILE, VariantInfo, list_variants, load_variant
+
+BASELINE = "original"
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Everything the final comparison measures; validated on construction.
+
+    Attributes:
+        model: the unpruned reference (registry name, folder or GGUF file).
+        tasks: zero-shot task config (tasks, ``limit`` items per task, seed, chat template).
+        corpus: text corpus for perplexity and fidelity (its ``eval`` split).
+        block_len: tokens per eval block; ``ppl_blocks`` / ``fidelity_blocks`` blocks are used.
+        speed: how prefill / decode are timed.
+        prompts: prompts of the side-by-side greedy generations; ``max_new_tokens`` each.
+        variant_prefix: only variants whose name starts with it (``""``: all) ...
+        exclude_prefix: ... and does not start with this one (``None``: keep all; the default
+            leaves out the smoke profile's ``smoke-*`` variants) ...
+        max_variants: ... at most this many, in name order (``None``: all).
+        seed: set at the stage's entry.
+    """
+
+    model: str = DEFAULT_MODEL
+    tasks: TaskEvalConfig = field(default_factory=lambda: TaskEvalConfig(DEFAULT_TASKS, limit=20, chat_template=True))
+    corpus: str = "wiki-leads"
+    block_len: int = 256
+    ppl_blocks: int = 8
+    fidelity_blocks: int = 4
+    speed: SpeedConfig = field(default_factory=lambda: SpeedConfig(prompt_len=64, new_tokens=16, repeats=3, threads=1))
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS[:3]
+    max_new_tokens: int = 40
+    variant_prefix: str = ""
+    exclude_prefix: str | None = "smoke-"
+    max_variants: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        if self.block_len < 2 or self.ppl_blocks < 1 or self.fidelity_blocks < 1:
+            raise ValueError("block_len must be >= 2 and ppl_blocks, fidelity_blocks >= 1")
+        if self.max_variants is not None and self.max_variants < 0:
+            raise ValueError(f"max_variants must be >= 0 or None, got {self.max_variants}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+
+
+def _identity(info: VariantInfo | None, config: EvaluationConfig) -> dict[str, Any]:
+    """What makes a model's results valid: its provenance record (variant) or weight file stamp."""
+    if info is None:
+        folder = model_folder(config.model)
+        stamps = {p.name: [p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.glob("*.safetensors"))}
+        return {"model": config.model, "weights": stamps}
+    record = json.loads((info.path / META_FILE).read_text())
+    return {"variant": info.name, "created": record.get("created"), "meta": record.get("meta")}
+
+
+def variants_to_compare(config: EvaluationConfig) -> list[VariantInfo]:
+    """Variants in the store selected by ``variant_prefix``, ``exclude_prefix`` and ``max_variants``."""
+    keep = [
+        v for v in list_variants()
+        if v.name.startswith(config.variant_prefix) and not (config.exclude_prefix and v.name.startswith(config.exclude_prefix))
+    ]  # fmt: skip
+    return keep if config.max_variants is None else keep[: config.max_variants]
+
+
+def load_any_variant(info: VariantInfo):
+    """Load a stored variant; sub-block-pruned ones through ``frankenllama.sublayer``."""
+    if info.meta.get("granularity") == "sublayer":
+        from frankenllama.sublayer import load_sublayer_pruned
+
+        return load_sublayer_pruned(info.path)
+    return load_variant(info.name)
+
+
+def evaluate_model(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    reference: nn.Module,
+    config: EvaluationConfig,
+    ppl_ids,
+    fidelity_ids,
+) -> dict[str, Any]:
+    """Accuracy per task, perplexity, and fidelity to ``reference`` of one model (uncached)."""
+    t = config.tasks
+    tasks = evaluate_tasks(model, tokenizer, t.tasks, t.limit, t.seed, t.chat_template, t.batch_size, t.max_batch_tokens)
+    fid = next_token_fidelity(reference, model, fidelity_ids)
+    return {
+        "tasks": {name: r.__dict__ for name, r in tasks.items()},
+        "perplexity": perplexity(model, ppl_ids),
+        "kl": fid.kl,
+        "top1_agreement": fid.top1_agreement,
+        "layers": len(decoder_layers(model)),
+    }
+
+
+def evaluation_stage(config: EvaluationConfig) -> dict[str, Any]:
+    """Evaluate the original and every selected variant (cached per model) and time them together.
+
+    Returns ``{"results": {name: per-model dict}, "speed": table as records, "generations": records,
+    "meta": {name: variant meta}}``.
+    """
+    from frankenllama.data import load_corpus, token_blocks
+
+    seed_everything(config.seed)
+    reference, tokenizer = load_model(config.model)
+    texts = load_corpus(config.corpus, "eval")
+    ppl_ids = token_blocks(tokenizer, texts, config.block_len, max_blocks=config.ppl_blocks)  # (N, T)
+    fid_ids = ppl_ids[: config.fidelity_blocks]
+    infos = variants_to_compare(config)
+    results, metas, models = {}, {BASELINE: {}}, {BASELINE: reference}
+    for info in [None, *infos]:
+        name = BASELINE if info is None else info.name
+        key = {"evaluation": config, "identity": _identity(info, config)}
+
+        def compute(info=info):
+            model = reference if info is None else load_any_variant(info)[0]
+            models[name] = model
+            return evaluate_model(model, tokenizer, reference, config, ppl_ids, fid_ids)
+
+        results[name] = cached_json("evaluation", key, compute, seed=config.seed)
+        if info is not None:
+            metas[name] = info.meta
+    for info in infos:  # the speed table and generations need every model in memory at once
+        if info.name not in models:
+            models[info.name] = load_any_variant(info)[0]
+    speed_key = {"speed": config.speed, "models": {n: _identity(i, config) for n, i in [(BASELINE, None), *[(i.name, i) for i in infos]]}}
+    speed = cached_json(
+        "efficiency", speed_key, lambda: compare_efficiency(models, config.speed).reset_index(names="model").to_dict("records")
+    )
+    gen_key = {"prompts": config.prompts, "max_new_tokens": config.max_new_tokens, "models": speed_key["models"]}
+    generations = cached_json(
+        "generations", gen_key,
+        lambda: generations_side_by_side(models, tokenizer, config.prompts, config.max_new_tokens).to_dict("records"),
+    )  # fmt: skip
+    return {"results": results, "speed": speed, "generations": generations, "meta": metas}
+
+
+# --------------------------------------------------------------------------------------------------
+# tables
+
+
+def accuracy_table(stage: dict[str, Any], metric: str = "acc_norm") -> pd.DataFrame:
+    """Per-task accuracy (%) of every model (rows) and their average."""
+    if metric not in ("acc", "acc_norm"):
+        raise ValueError(f"metric must be 'acc' or 'acc_norm', got {metric!r}")
+    rows = {name: {task: 100 * r[metric] for task, r in res["tasks"].items()} for name, res in stage["results"].items()}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table["average"] = table.mean(axis=1)
+    return table
+
+
+def comparison_table(stage: dict[str, Any], metric: str = "acc_norm") -> pd.DataFrame:
+    """The final table: per-task accuracy, average, % retained, perplexity, KL, size and speed."""
+    acc = accuracy_table(stage, metric)
+    speed = pd.DataFrame(stage["speed"]).set_index("model")
+    table = acc.copy()
+    table["retained_%"] = 100 * acc["average"] / acc.loc[BASELINE, "average"]
+    for name, res in stage["results"].items():
+        table.loc[name, "layers"] = res["layers"]
+        table.loc[name, "perplexity"] = res["perplexity"]
+        table.loc[name, "kl"] = res["kl"]
+        table.loc[name, "top1_%"] = 100 * res["top1_agreement"]
+    table["params_M"] = speed["params"] / 1e6
+    table["size_bf16_MB"] = speed["bytes_bf16"] / 2**20
+    for col in [c for c in speed.columns if c.startswith(("prefill_tps", "decode_tps")) and c.endswith("_speedup")]:
+        table[col.replace("_tps", "").replace("_speedup", "_x")] = speed[col]
+    table["ideal_x"] = speed["ideal_speedup"]
+    table["decode_ms_b1"] = 1000 / speed["decode_tps_b1"] if "decode_tps_b1" in speed else np.nan
+    table.index.name = "model"
+    return table
+
+
+# --------------------------------------------------------------------------------------------------
+# figures
+
+
+def _pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Indices of the points not dominated (smaller x and larger y are better), sorted by x."""
+    order = np.argsort(x)
+    front, best = [], -np.inf
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return np.array(front, dtype=int)
+
+
+def pareto_figure(table: pd.DataFrame, out_dir: Path, name: str = "pareto_accuracy") -> plt.Figure:
+    """Average accuracy against parameters and against decode latency; the Pareto front joined."""
+    panels = [("params_M", "parameters (M)"), ("decode_ms_b1", "decode latency, batch 1 (ms/token)")]
+    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 2.8), sharey=True)
+    for ax, (col, label) in zip(axes, panels):
+        data = table[[col, "average"]].dropna()
+        x, y = data[col].to_numpy(float), data["average"].to_numpy(float)
+        for i, (model, row) in enumerate(data.iterrows()):
+            color = PALETTE[7] if model == BASELINE else PALETTE[i % 7]
+            ax.scatter(row[col], row["average"], color=color, s=28, zorder=3, label=model)
+        if len(data) > 1:
+            front = _pareto_front(x, y)
+            ax.plot(x[front], y[front], color="0.6", lw=1, zorder=2, ls="--")
+        ax.set_xlabel(label)
+    axes[0].set_ylabel("average accuracy (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels)), fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, name, out_dir)
+    return fig
+
+
+def retention_figure(table: pd.DataFrame, out_dir: Path, name: str = "task_retention") -> plt.Figure:
+    """Per-task accuracy of each variant as % of the original's (grouped bars; 100 % = no loss)."""
+    tasks = list(table.columns[: table.columns.get_loc("average") + 1])  # every task, then the average
+    variants = [m for m in table.index if m != BASELINE]
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH if len(tasks) > 4 else COLUMN_WIDTH, 2.8))
+    if not variants:
+        ax.text(0.5, 0.5, "no variants in the store yet:\nrun notebooks 02 and 03", ha="center", va="center", transform=ax.transAxes)
+    width = 0.8 / max(len(variants), 1)
+    for i, model in enumerate(variants):
+        retained = 100 * table.loc[model, tasks] / table.loc[BASELINE, tasks]
+        ax.bar(np.arange(len(tasks)) + (i - (len(variants) - 1) / 2) * width, retained, width, label=model, color=PALETTE[i % 7])
+    ax.axhline(100, color="0.3", lw=0.8)
+    ax.set_xticks(np.arange(len(tasks)), [TASKS[t].title if t in TASKS else t for t in tasks], rotation=30, ha="right")
+    ax.set_ylabel("accuracy retained (%)")
+    if variants:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    save_figure(fig, name, out_dir)
+    return fig

@@ -1,0 +1,149 @@
+"""Scores on tiny in-process llamas: every shortcut equals the slow, obvious computation.
+
+Invariants: the cached one-layer-out ablation equals dropping the layer and re-running the model;
+the scan's per-sample similarity re-aggregates to the foundation's ``layer_similarity``; KL is that
+of the two models' softmaxes; Taylor is Σ|w·g| from a plain backward pass, and its jackknife
+replicates are Taylor on the calibration set without one sample; the iterative search with and
+without the cache (and from a first step read off the scan, and resumed) picks the same units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_llama
+from frankenllama.perplexity import token_nll
+from frankenllama.scores import (
+    SCORES,
+    LayerScores,
+    Trunk,
+    UnknownScoreError,
+    ablation_scan,
+    greedy_removal,
+    removal_mask,
+    taylor_scores,
+)
+from frankenllama.similarity import layer_similarity
+from frankenllama.sublayer import prune_sublayers
+from frankenllama.surgery import drop_layers
+
+
+def blocks(n: int = 5, t: int = 16, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, 128, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+def mean_nll(model, ids) -> float:
+    total, count = token_nll(model, ids)
+    return total / count
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_llama(6, seed=1)
+
+
+def test_layer_ablation_equals_dropping_the_layer(model):
+    ids = blocks()
+    scan = ablation_scan(model, ids, batch_size=2)
+    base = mean_nll(model, ids)
+    assert scan.base_mean_nll() == pytest.approx(base, abs=1e-5)
+    for layer in range(6):
+        assert scan.delta_nll()[layer] == pytest.approx(mean_nll(drop_layers(model, [layer]), ids) - base, abs=1e-5)
+    assert np.allclose(scan.delta_ppl(), np.exp(base + scan.delta_nll()) - math.exp(base), atol=1e-5)
+
+
+def test_kl_is_that_of_the_two_softmaxes(model):
+    ids = blocks(3)
+    scan = ablation_scan(model, ids, batch_size=3)
+    with torch.no_grad():
+        ref = F.log_softmax(model(ids).logits[:, :-1].float(), -1)
+        for layer in (0, 3, 5):
+            logp = F.log_softmax(drop_layers(model, [layer])(ids).logits[:, :-1].float(), -1)
+            kl = (ref.exp() * (ref - logp)).sum(-1).mean()
+            assert scan.mean_kl()[layer] == pytest.approx(float(kl), rel=1e-4, abs=1e-6)
+    assert (scan.mean_kl() >= -1e-7).all()
+
+
+def test_scan_similarity_reaggregates_to_layer_similarity(model):
+    ids = blocks(4)
+    scan = ablation_scan(model, ids, batch_size=3, kl=False)
+    sim = layer_similarity(model, ids)
+    again = scan.similarity()
+    for name in ("cosine", "angular_all", "angular_last"):
+        assert np.allclose(getattr(again, name), getattr(sim, name), atol=1e-5), name
+    assert (again.n_tokens, again.n_sequences) == (sim.n_tokens, sim.n_sequences)
+    half = scan.subset([0, 1])
+    assert np.allclose(half.similarity().cosine, layer_similarity(model, ids[:2]).cosine, atol=1e-5)
+
+
+def test_sublayer_ablation_equals_the_physically_pruned_model(model):
+    ids = blocks(3)
+    scan = ablation_scan(model, ids, granularity="sublayer", batch_size=2, kl=False)
+    base = mean_nll(model, ids)
+    for unit in (0, 5, 11):
+        pruned = prune_sublayers(model, [unit])
+        assert scan.delta_nll()[unit] == pytest.approx(mean_nll(pruned, ids) - base, abs=1e-5)
+
+
+def test_taylor_is_sum_of_abs_weight_times_gradient(model):
+    ids = blocks(4)
+    result = taylor_scores(model, ids, batch_size=3, jackknife=True)
+    model.zero_grad()
+    logits = model(ids).logits[:, :-1]
+    F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)).backward()
+    expected = [sum(float((p.detach() * p.grad).abs().sum()) for p in block.parameters()) for block in model.model.layers]
+    model.zero_grad(set_to_none=True)
+    assert np.allclose(result.score, expected, rtol=1e-4)
+    without_first = taylor_scores(model, ids[1:], batch_size=3).score
+    assert np.allclose(result.loo[0], without_first, rtol=1e-3)
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("granularity, steps", [("layer", 4), ("sublayer", 7)])
+def test_greedy_with_and_without_cache_picks_the_same_units(model, granularity, steps):
+    ids = blocks(5)
+    cached = greedy_removal(model, ids, steps, granularity, batch_size=2, cached=True)
+    naive = greedy_removal(model, ids, steps, granularity, batch_size=2, cached=False)
+    assert cached.order == naive.order
+    assert np.allclose(cached.nll, naive.nll, atol=1e-5)
+    assert cached.base_nll == pytest.approx(naive.base_nll, abs=1e-5)
+    if granularity == "layer":  # the reported loss is that of the physically pruned model
+        assert cached.nll[-1] == pytest.approx(mean_nll(drop_layers(model, cached.order), ids), abs=1e-5)
+    scan = ablation_scan(model, ids, granularity, batch_size=2, kl=False)
+    seeded = greedy_removal(model, ids, steps, granularity, batch_size=2, first=scan.base_mean_nll() + scan.delta_nll())
+    assert seeded.order == cached.order
+    resumed = greedy_removal(model, ids, steps, granularity, batch_size=2, start=cached.order[:2])
+    assert resumed.order == cached.order
+
+
+def test_trunk_mask_nll_equals_the_pruned_model(model):
+    ids = blocks(3)
+    trunk = Trunk(model, ids, batch_size=2)
+    trunk.refresh(np.zeros((6, 2), dtype=bool))
+    for layers in ([2], [1, 4], [3, 4, 5]):
+        got = float(trunk.mask_nll(removal_mask(layers, 6, "layer")).sum()) / trunk.n_predictions().sum()
+        assert got == pytest.approx(mean_nll(drop_layers(model, layers), ids), abs=1e-5)
+
+
+def test_context_scores_and_errors(model):
+    ids = blocks(3)
+    ctx = LayerScores(model=model, calib=ids, batch_size=2)
+    for name, score in SCORES.items():
+        values = ctx.score(name)
+        assert values.shape == ((6,) if score.granularity == "layer" else (12,)), name
+        assert np.isfinite(values).all(), name
+    with pytest.raises(UnknownScoreError, match="unknown score 'nope'"):
+        ctx.score("nope")
+    proxy_only = LayerScores(layer_similarity(model, ids))
+    with pytest.raises(ValueError, match="measures the model itself"):
+        proxy_only.score("ablation-nll")
+    one = tiny_llama(1)
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        ablation_scan(one, ids)
+    with pytest.raises(ValueError, match="at least 2 layers"):
+        LayerScores(model=one, calib=ids).score("ablation-nll")

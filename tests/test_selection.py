@@ -1,0 +1,92 @@
+"""Selection strategies on tiny in-process llamas, plus one real-model check.
+
+Invariants: every strategy returns k distinct units in range; the foundation's call with a bare
+``LayerSimilarity`` still works for the proxies; nested strategies are nested; reverse, contiguous
+and Taylor+ obey their definitions; bad input is refused with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_llama
+from frankenllama import select_layers
+from frankenllama.scores import LayerScores, greedy_removal
+from frankenllama.selection import STRATEGIES, UnknownStrategyError, check_k
+
+L = 8
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    model = tiny_llama(L, seed=2)
+    ids = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    return LayerScores(model=model, calib=ids, batch_size=2)
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("k", [1, 3])
+def test_every_strategy_returns_k_distinct_units(ctx, strategy, k):
+    units = select_layers(ctx, k, strategy)
+    limit = L if STRATEGIES[strategy].granularity == "layer" else 2 * L
+    assert units == sorted(set(units)) and len(units) == k
+    assert all(0 <= u < limit for u in units)
+
+
+@pytest.mark.parametrize("strategy", [s for s, spec in STRATEGIES.items() if spec.nested])
+def test_nested_strategies_are_nested(ctx, strategy):
+    picks = [set(select_layers(ctx, k, strategy)) for k in range(1, 5)]
+    assert all(a < b for a, b in zip(picks, picks[1:]))
+
+
+def test_foundation_call_with_a_bare_similarity(ctx):
+    sim = ctx.similarity
+    assert select_layers(sim, 3, "block-influence") == sorted(np.argsort(sim.block_influence, kind="stable")[:3].tolist())
+    run = select_layers(sim, 3, "angular-block")
+    assert run == list(range(run[0], run[0] + 3))
+    with pytest.raises(ValueError, match="measures the model itself"):
+        select_layers(sim, 2, "sleb")
+
+
+def test_definitions(ctx):
+    assert select_layers(ctx, 3, "reverse") == [L - 4, L - 3, L - 2]
+    run = select_layers(ctx, 3, "contiguous-nll")
+    delta = ctx.score("ablation-nll")
+    sums = [delta[s : s + 3].sum() for s in range(L - 2)]
+    assert run == list(range(int(np.argmin(sums)), int(np.argmin(sums)) + 3))
+    plus = select_layers(ctx, L - 2, "taylor+")  # keeps round(L/8) = 1 first and round(L/16) = 0 last blocks
+    assert 0 not in plus
+    order = ctx.greedy(3).order
+    assert select_layers(ctx, 3, "sleb") == sorted(order[:3])
+    assert select_layers(ctx, 2, "ablation-nll") == sorted(np.argsort(delta, kind="stable")[:2].tolist())
+
+
+def test_bad_input_is_refused(ctx):
+    with pytest.raises(UnknownStrategyError, match="unknown strategy 'nope'"):
+        select_layers(ctx, 2, "nope")
+    for k in (0, L, -1):
+        with pytest.raises(ValueError, match="outside 1"):
+            select_layers(ctx, k, "block-influence")
+    with pytest.raises(ValueError, match=f"outside 1 … {2 * L - 1}"):
+        select_layers(ctx, 2 * L, "sublayer-nll")
+    assert len(select_layers(ctx, L + 1, "sublayer-nll")) == L + 1  # more sub-blocks than blocks is fine
+    with pytest.raises(TypeError):
+        check_k(2.0, L)
+    with pytest.raises(TypeError, match="LayerSimilarity or LayerScores"):
+        select_layers("similarity", 2, "block-influence")
+
+
+@pytest.mark.integration
+def test_real_model_cached_search_matches_naive_and_beats_nothing_silly(smollm2):
+    """On SmolLM2 (2 blocks × 64 tokens): the cached SLEB picks what the naive search picks."""
+    from frankenllama.data import load_corpus, token_blocks
+
+    model, tokenizer = smollm2
+    ids = token_blocks(tokenizer, load_corpus("wiki-leads", "calib"), 64, max_blocks=2)
+    cached = greedy_removal(model, ids, 2, batch_size=2, cached=True, shortlist=6)
+    naive = greedy_removal(model, ids, 2, batch_size=2, cached=False, shortlist=6)
+    assert cached.order == naive.order
+    assert np.allclose(cached.nll, naive.nll, atol=1e-4)
+    assert 0 not in cached.order and 29 not in cached.order  # the embedding-facing and last blocks matter most

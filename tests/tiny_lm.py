@@ -1,0 +1,55 @@
+"""A pico llama and a character-level tokenizer built in process (no downloads), for unit tests."""
+
+from __future__ import annotations
+
+import string
+
+import torch
+from tokenizers import Tokenizer, decoders, models
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+SPECIALS = ("<unk>", "<pad>", "<eos>")
+CHARS = string.ascii_letters + string.digits + " .,:;?!'\"\n_-<>/()[]"
+
+
+def char_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
+    """One token per character (a BPE without merges); ids 0–2 are <unk>, <pad>, <eos>."""
+    vocab = {tok: i for i, tok in enumerate(SPECIALS)}
+    vocab.update({c: i + len(SPECIALS) for i, c in enumerate(CHARS)})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def tiny_config(num_layers: int = 2, vocab_size: int = 96) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=1,
+        eos_token_id=2,
+        bos_token_id=None,
+    )
+
+
+def tiny_llama(num_layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
+    """A randomly initialised pico llama (vocab 96, hidden 32) in eval mode."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config(num_layers))
+    with torch.no_grad():  # larger than the default init so that choices get clearly different scores
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return model.eval()
