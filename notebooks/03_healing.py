@@ -15,17 +15,13 @@ model = "smollm2-135m"  # registry name, local transformers folder or GGUF file
 corpus = "wiki-leads"  # corpus name or path to a text file (train / calib / eval splits)
 n_drop = 6  # blocks to remove before healing (the best strategy's choice from notebook 02)
 recipes = ["linear-patch", "lora", "kd-lora", "kd-full", "partial", "linear-patch+lora"]  # RECIPES keys or compositions
-tokens = 12288  # training-token budget per recipe: 12 steps of 4 x 256 (~6-7 min for all recipes on 2 cores)
+tokens = 8192  # training-token budget per recipe: 8 steps of 4 x 256, sized for the 30-minute pipeline
 block_len = 256  # tokens per block (training, calibration, evaluation)
 batch_size = 4  # blocks per optimizer step
-eval_every = 6  # optimizer steps between eval-perplexity points
-checkpoint_every = 6  # optimizer steps between checkpoints (a killed run resumes from the last one)
+eval_every = 4  # optimizer steps between eval-perplexity points
+checkpoint_every = 4  # optimizer steps between checkpoints (a killed run resumes from the last one)
 eval_blocks = 8  # held-out eval blocks: 8 x 256 = 2k tokens
 patch_tokens = 8192  # calibration tokens for the linear patch's least-squares fit
-pruning_calib_blocks = 64  # notebook 02's parameters, to read its cached choice of layers
-pruning_eval_blocks = 16  # notebook 02's eval blocks
-pruning_max_k = 12  # notebook 02's largest k
-pruning_batch_size = 8  # notebook 02's batch size
 seed = 0  # seed set at the entry of each healing run
 smoke = False  # small, fast profile for tests and CI (~1 min)
 
@@ -38,7 +34,7 @@ smoke = False  # small, fast profile for tests and CI (~1 min)
 # (Lu et al. 2024), and the training-free ReplaceMe linear patch (Shopkhoev et al. 2025), alone and
 # followed by LoRA. Each healed model is saved as a variant `healed-<recipe>` for notebook 04.
 #
-# The default budget, 12k tokens per recipe, is set by the pipeline's time limit: the whole
+# The default budget, 8k tokens per recipe, is set by the pipeline's time limit: the whole
 # notebook must finish in about 8 minutes on 2 CPU cores, where LoRA trains at roughly 200
 # tokens/s. On a GPU, raise `tokens`.
 
@@ -56,27 +52,18 @@ from frankenllama.models import load_model
 from frankenllama.paths import figures_dir
 from frankenllama.perplexity import perplexity
 from frankenllama.plotting import save_figure, set_style
-from frankenllama.stages import DataConfig, PruningConfig, SimilarityConfig
 from frankenllama.surgery import drop_layers
 from frankenllama.tables import write_table
 
 if smoke:
     n_drop, tokens, block_len, batch_size, eval_every, eval_blocks, patch_tokens = 2, 128, 64, 2, 1, 2, 1024
-    pruning_calib_blocks, pruning_eval_blocks, pruning_max_k = 4, 2, 2  # notebook 02's smoke profile
 set_style()
 out = figures_dir(smoke)
 teacher, tokenizer = load_model(model)
 train = token_blocks(tokenizer, load_corpus(corpus, "train"), block_len, max_blocks=tokens // block_len)
 calib = token_blocks(tokenizer, load_corpus(corpus, "calib"), block_len, max_blocks=-(-patch_tokens // block_len))
 held_out = token_blocks(tokenizer, load_corpus(corpus, "eval"), block_len, max_blocks=eval_blocks)
-pruning = PruningConfig(
-    similarity=SimilarityConfig(model, DataConfig(corpus, "calib", block_len, pruning_calib_blocks), pruning_batch_size, seed),
-    eval_data=DataConfig(corpus, "eval", block_len, pruning_eval_blocks),
-    ks=tuple(range(0, pruning_max_k + 1)),
-    batch_size=pruning_batch_size,
-    seed=seed,
-)
-strategy, layers = layers_to_remove(teacher, n_drop, pruning, fallback_blocks=calib)
+strategy, layers = layers_to_remove(teacher, n_drop, model, fallback_blocks=calib)
 student = drop_layers(teacher, layers)
 reference_ppl = perplexity(teacher, held_out)
 print(f"removing blocks {layers} (strategy: {strategy}); unpruned eval PPL {reference_ppl:.2f}")

@@ -15,12 +15,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from frankenllama.cache import cache_path
 from frankenllama.healing.pipeline import HealResult, heal
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.selection import select_layers
 from frankenllama.similarity import layer_similarity
-from frankenllama.variants import variant_path
+from frankenllama.variants import list_variants, variant_path
 
 
 def choose_cut(model: PreTrainedModel, blocks: torch.Tensor, k: int, strategy: str = "angular-block") -> list[int]:
@@ -33,19 +32,21 @@ def choose_cut(model: PreTrainedModel, blocks: torch.Tensor, k: int, strategy: s
 
 
 def layers_to_remove(
-    model: PreTrainedModel, k: int, pruning_config: Any, fallback_blocks: torch.Tensor, fallback: str = "angular-block"
+    model: PreTrainedModel, k: int, model_name: str, fallback_blocks: torch.Tensor, fallback: str = "angular-block"
 ) -> tuple[str, list[int]]:
-    """``(strategy, layers)``: the best strategy's choice at ``k`` from the pruning stage's cache.
+    """``(strategy, layers)``: the best strategy's choice at ``k``, as notebook 02 stored it.
 
-    Reads ``frankenllama.stages.best_selection(pruning_config, k)`` when notebook 02 has cached that
-    config's pruning curves (and ``k`` is one of its points); otherwise, rather than recompute the
-    whole curve, falls back to ``choose_cut`` with ``fallback`` on ``fallback_blocks``.
+    Notebook 02 saves the pruned model of its best layer strategy at k as variant ``prune-k<k>-<strategy>``
+    with ``best_at_k`` in its metadata; that choice is read back here, whatever parameters notebook 02
+    ran with. Without such a variant (notebook 02 not run, or another ``k``), falls back to
+    ``choose_cut`` with ``fallback`` on ``fallback_blocks`` and says so in the returned strategy name.
     """
-    from frankenllama.stages import best_selection
-
-    if k in pruning_config.ks and (cache_path("pruning", pruning_config) / "result.json").exists():
-        return best_selection(pruning_config, k)
-    return f"{fallback} (fallback: no cached pruning curve)", choose_cut(model, fallback_blocks, k, fallback)
+    for info in list_variants():
+        meta = info.meta
+        source = (meta.get("config") or {}).get("similarity", {}).get("model")
+        if meta.get("best_at_k") and meta.get("k") == k and meta.get("granularity") == "layer" and source == model_name:
+            return str(meta["strategy"]), [int(i) for i in meta["removed_layers"]]
+    return f"{fallback} (fallback: notebook 02 stored no best k={k} choice)", choose_cut(model, fallback_blocks, k, fallback)
 
 
 def compare_recipes(
