@@ -6,7 +6,9 @@ import string
 
 import torch
 from tokenizers import Tokenizer, decoders, models
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+import conftest
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -28,28 +30,12 @@ def char_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_config(num_layers: int = 2, vocab_size: int = 96) -> LlamaConfig:
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        pad_token_id=1,
-        eos_token_id=2,
-        bos_token_id=None,
-    )
-
-
 def tiny_llama(num_layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
-    """A randomly initialised pico llama (vocab 96, hidden 32) in eval mode."""
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_config(num_layers))
+    """conftest's pico llama sized for the character tokenizer, with larger random weights."""
+    model = conftest.tiny_llama(num_layers, seed, vocab_size=96, max_position_embeddings=256,
+                                pad_token_id=1, eos_token_id=2, bos_token_id=None)
     with torch.no_grad():  # larger than the default init so that choices get clearly different scores
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.3)
-    return model.eval()
+    return model
