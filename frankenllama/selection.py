@@ -24,6 +24,9 @@ Layer strategies:
   Lu et al. 2024, "Reassessing Layer Pruning in LLMs", arXiv:2411.15558).
 * ``"sleb"`` — iterative greedy: remove the block whose removal raises the calibration NLL least,
   re-score, repeat (SLEB, Song et al. 2024, arXiv:2402.09025). Nested in k.
+* ``"sleb-swap"`` — SLEB's choice, then steepest-descent swaps (put a removed block back, remove a
+  block next to the removed set) while the calibration NLL drops: the greedy cannot undo an early
+  choice; the swaps can (``frankenllama.scores.swap_search``).
 
 Sub-layer strategies (k counts sub-blocks):
 
@@ -133,6 +136,8 @@ STRATEGIES: dict[str, Strategy] = {
     "reverse": Strategy(reverse, nested=True, cite="Lu et al. 2024, arXiv:2411.15558"),
     "sleb": Strategy(lambda ctx, k: ctx.greedy(k, "layer").chosen(k), needs_model=True, nested=True,
                      cite="SLEB, Song et al. 2024, arXiv:2402.09025"),
+    "sleb-swap": Strategy(lambda ctx, k: ctx.swap(k).removed, needs_model=True,
+                          cite="SLEB choice refined by best-improvement swaps on the calibration loss"),
     "sublayer-nll": Strategy(_top_k("sublayer-nll"), granularity="sublayer", needs_model=True,
                              cite="one-sub-block-out ablation"),
     "blockpruner": Strategy(lambda ctx, k: ctx.greedy(k, "sublayer").chosen(k), granularity="sublayer",

@@ -26,6 +26,7 @@ from frankenllama.scores import (
     ablation_scan,
     greedy_removal,
     removal_mask,
+    swap_search,
     taylor_scores,
 )
 from frankenllama.similarity import layer_similarity
@@ -147,3 +148,15 @@ def test_context_scores_and_errors(model):
         ablation_scan(one, ids)
     with pytest.raises(ValueError, match="at least 2 layers"):
         LayerScores(model=one, calib=ids).score("ablation-nll")
+
+
+def test_swap_search_only_improves_and_reports_the_pruned_models_loss(model):
+    ids = blocks(4)
+    start = [0, 1, 2]
+    run = swap_search(model, ids, start, batch_size=2)
+    assert run.nll <= run.start_nll
+    assert run.start_nll == pytest.approx(mean_nll(drop_layers(model, start), ids), abs=1e-5)
+    assert run.nll == pytest.approx(mean_nll(drop_layers(model, run.removed), ids), abs=1e-5)
+    assert len(run.removed) == 3 and len(run.swaps) <= 8
+    with pytest.raises(ValueError, match="start must name"):
+        swap_search(model, ids, [])
