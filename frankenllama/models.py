@@ -168,6 +168,12 @@ def load_model(
     """
     folder = model_folder(name_or_path)
     check_architecture(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    if (getattr(config, "frankenllama", None) or {}).get("removed_sublayers"):
+        # attention / MLP sub-blocks were removed: plain from_pretrained would re-create them randomly
+        from frankenllama.sublayer import load_sublayer_pruned
+
+        return load_sublayer_pruned(folder, dtype=dtype, device=device)
     multi_gpu = device in (None, "auto") and torch.cuda.device_count() > 1
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)

@@ -62,3 +62,16 @@ def test_registry_model(smollm2, tmp_path):
     assert getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None
     assert model.dtype == torch.float32 and tokenizer.chat_template
     model.save_pretrained(tmp_path)  # the GGUF marker would block this
+
+
+def test_sub_block_pruned_folder_loads_through_load_model(tmp_path):
+    from frankenllama.sublayer import prune_sublayers
+
+    pruned = prune_sublayers(tiny_llama(), [1, 4])  # MLP of block 0, attention of block 2
+    pruned.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    loaded, _ = load_model(tmp_path, device="cpu")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids).logits, pruned(ids).logits)
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in pruned.parameters())
