@@ -70,20 +70,36 @@ def cosine_matrix(similarity: LayerSimilarity, out_dir: Path, name: str = "cosin
     return fig
 
 
-def pruning_curves(curves: pd.DataFrame, out_dir: Path, name: str = "pruning_curve", baseline: float | None = None) -> plt.Figure:
-    """Eval perplexity (log scale) vs number of removed layers, one line per strategy."""
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH * 1.4, 2.6))
-    markers = "osD^v<>p"
+def pruning_curves(
+    curves: pd.DataFrame, out_dir: Path, name: str = "pruning_curve", baseline: float | None = None, clip: float = 100.0
+) -> plt.Figure:
+    """Eval perplexity (log scale) vs number of removed layers, one line per strategy.
+
+    Colours repeat after eight strategies, so line styles change with each cycle of the palette; the
+    y axis stops at ``clip`` × the unpruned perplexity and points above it are drawn on the edge
+    (hollow markers), so one collapsing strategy does not flatten all the others.
+    """
+    fig, ax = plt.subplots(figsize=(TEXT_WIDTH * 0.75, 3.0))
+    markers, styles = "osD^v<>p", ("-", "--", ":")
+    top = None if baseline is None else clip * baseline
     for i, (strategy, rows) in enumerate(curves.groupby("strategy", sort=False)):
         rows = rows.sort_values("k")
-        ax.plot(rows["k"], rows["eval_ppl"], marker=markers[i % len(markers)], ms=3.5, lw=1.3,
-                color=PALETTE[i % len(PALETTE)], label=strategy)
+        ppl = rows["eval_ppl"].to_numpy(dtype=float)
+        shown = ppl if top is None else np.minimum(ppl, top)
+        style = dict(color=PALETTE[i % len(PALETTE)], marker=markers[i % len(markers)], ms=3.5)
+        ax.plot(rows["k"], shown, ls=styles[(i // len(PALETTE)) % len(styles)], lw=1.3, label=strategy, **style)
+        if top is not None and (ppl > top).any():
+            off = ppl > top
+            ax.plot(rows["k"].to_numpy()[off], shown[off], ls="none", mfc="white", **style)
     if baseline is not None:
         ax.axhline(baseline, color="0.5", ls=":", lw=1, label="unpruned")
     ax.set_yscale("log")
+    if top is not None:
+        ax.set_ylim(baseline * 0.8, top * 1.4)
     ax.set_xlabel("layers removed k")
     ax.set_ylabel("eval perplexity (log scale)")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), title=None if top is None else
+              f"hollow: above {clip:g}× unpruned", title_fontsize="x-small")
     save_figure(fig, name, out_dir)
     return fig
 
