@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from frankenllama.assets import asset_path
 from frankenllama.cache import atomic_dir
@@ -137,8 +144,11 @@ def model_folder(name_or_path: str | Path) -> Path:
     )
 
 
-def check_architecture(folder: Path) -> None:
-    """Refuse a non-llama-family folder before reading its weights (its skeleton is built on the meta device)."""
+def check_architecture(folder: Path) -> PretrainedConfig:
+    """Refuse a non-llama-family folder before reading its weights (its skeleton is built on the meta device).
+
+    Returns the folder's config.
+    """
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     try:
         with torch.device("meta"):
@@ -149,6 +159,15 @@ def check_architecture(folder: Path) -> None:
             "llama-family decoder (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, …)"
         ) from exc
     decoder_layers(skeleton)
+    return config
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The folder's tokenizer, with EOS standing in as padding when it defines no pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_model(
@@ -167,8 +186,7 @@ def load_model(
             explicit ``"cpu"``, ``"cuda:0"``, ….
     """
     folder = model_folder(name_or_path)
-    check_architecture(folder)
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    config = check_architecture(folder)
     if (getattr(config, "frankenllama", None) or {}).get("removed_sublayers"):
         # attention / MLP sub-blocks were removed: plain from_pretrained would re-create them randomly
         from frankenllama.sublayer import load_sublayer_pruned
@@ -184,10 +202,7 @@ def load_model(
     if not multi_gpu:
         model.to(target)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, load_tokenizer(folder)
 
 
 def model_device(model: nn.Module) -> torch.device:

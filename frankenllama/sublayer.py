@@ -192,10 +192,10 @@ def load_sublayer_pruned(
     Loads with transformers, then ``restore_sublayers`` with the loading info, so a damaged or
     mismatched checkpoint is refused instead of silently running random sub-blocks.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from frankenllama.models import resolve_device, resolve_dtype
+    from frankenllama.models import load_tokenizer, resolve_device, resolve_dtype
 
     folder = Path(path)
     config = json.loads((folder / "config.json").read_text())
@@ -211,7 +211,4 @@ def load_sublayer_pruned(
     if (config.get("frankenllama") or {}).get(RECORD_KEY):
         restore_sublayers(model, info["missing_keys"])
     model.to(target).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return model, load_tokenizer(folder)
