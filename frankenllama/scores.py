@@ -186,31 +186,53 @@ class Trunk:
                 self.states[layer + 1][b] = x
 
     @torch.no_grad()
-    def candidate_nll(self, unit: int, granularity: Granularity) -> torch.Tensor:
-        """Per-sample NLL sums (N,) with ``unit`` bypassed on top of the current mask, from the cached stream."""
+    def candidate_nll(self, unit: int, granularity: Granularity, bound: float = math.inf) -> torch.Tensor | None:
+        """Per-sample NLL sums (N,) with ``unit`` bypassed on top of the current mask, from the cached stream.
+
+        ``bound``: give up (return ``None``) as soon as the NLL summed over the batches done so far
+        exceeds it while batches remain. NLL sums are non-negative, so a candidate abandoned this way has a total above
+        ``bound`` too; the search passes the best complete total so far and loses nothing.
+        """
         assert self.states is not None, "call refresh() first"
         layer = unit if granularity == "layer" else unit // 2
         first = (False, False) if granularity == "layer" else (
             (False, not self.mask[layer, MLP]) if unit % 2 == ATTN else (not self.mask[layer, ATTN], False))
-        out = []
+        out, partial = [], 0.0
         for b in range(len(self.batches)):
             x = self.run(self.states[layer][b], b, layer, self.mask, first=first)
             out.append(self.nll(x, b))
+            partial += float(out[-1].sum())
+            if partial > bound and b < len(self.batches) - 1:  # a complete total is returned even when above
+                return None
         return torch.cat(out)
 
     @torch.no_grad()
-    def mask_nll(self, mask: np.ndarray) -> torch.Tensor:
+    def block_influence(self) -> np.ndarray:
+        """``1 − mean cos(x_ℓ, x_ℓ+1)`` of every block under the current mask, from the cached streams (L,)."""
+        assert self.states is not None, "call refresh() first"
+        out = np.zeros(self.num_layers)
+        for layer in range(self.num_layers):
+            cos = [F.cosine_similarity(self.states[layer][b].float(), self.states[layer + 1][b].float(), dim=-1).mean()
+                   for b in range(len(self.batches))]
+            out[layer] = 1.0 - float(torch.stack(cos).mean())
+        return out
+
+    @torch.no_grad()
+    def mask_nll(self, mask: np.ndarray, bound: float = math.inf) -> torch.Tensor | None:
         """Per-sample NLL sums (N,) of the model with removal ``mask``, starting from the first removed block.
 
         Uses the streams cached for the *unpruned* model (``refresh`` with an empty mask): every block
-        before the first removed one sees exactly the unpruned stream.
+        before the first removed one sees exactly the unpruned stream. ``bound`` as in ``candidate_nll``.
         """
         assert self.states is not None and not self.mask.any(), "call refresh(empty mask) first"
         removed = np.flatnonzero(mask.any(axis=1))
         start = int(removed[0]) if len(removed) else self.num_layers
-        out = []
+        out, partial = [], 0.0
         for b in range(len(self.batches)):
             out.append(self.nll(self.run(self.states[start][b], b, start, mask), b))
+            partial += float(out[-1].sum())
+            if partial > bound and b < len(self.batches) - 1:
+                return None
         return torch.cat(out)
 
     def n_predictions(self) -> np.ndarray:
@@ -475,6 +497,7 @@ class GreedyResult:
     nll: list[float]  # mean NLL after step 1 … len(order)
     base_nll: float
     evaluated: list[int] = field(default_factory=list)  # candidates evaluated at each step
+    abandoned: list[int] = field(default_factory=list)  # of those, how many the bound cut short
 
     def chosen(self, k: int) -> list[int]:
         if k > len(self.order):
@@ -506,6 +529,7 @@ def greedy_removal(
     shortlist: int | None = None,
     start: Sequence[int] = (),
     first: np.ndarray | None = None,
+    bounded: bool = True,
     progress: bool = False,
 ) -> GreedyResult:
     """Iteratively remove the unit whose removal raises the calibration NLL least, re-scoring after each step.
@@ -519,8 +543,15 @@ def greedy_removal(
             ``False`` is the naive search: every candidate is a full forward pass of the model with
             the candidate removed (blocks are dropped from the model without copying; sub-blocks are
             bypassed by the same trunk code from the embeddings). Both choose the same units.
+        bounded: (cached search only) evaluate the candidates most promising first and abandon one as
+            soon as its NLL summed over the calibration batches done so far exceeds the best complete
+            total of this step (``Trunk.candidate_nll``'s ``bound``). NLL sums are non-negative, so
+            the choice is exactly the same; catastrophic candidates (typically the first and last
+            blocks, which are also the dearest to evaluate from the cache) stop after a batch or two.
+            Finer batches (smaller ``batch_size``) give the bound more chances to cut.
         shortlist: after the first step, evaluate only the ``shortlist`` candidates that scored best at
-            the previous step (an approximation; ``None`` is the exact search).
+            the previous step (an approximation; ``None`` is the exact search). Candidates the bound
+            abandoned rank after every completed one.
         start: units already removed (a previous, shorter run of the same search) to continue from.
         first: the mean calibration NLL with each unit removed alone, (U,), when already known from
             ``ablation_scan`` on the same blocks: the first step reads it instead of re-measuring.
@@ -533,6 +564,7 @@ def greedy_removal(
         raise ValueError(f"shortlist must be positive or None, got {shortlist}")
     trunk = Trunk(model, input_ids, batch_size)
     count = float(trunk.n_predictions().sum())
+    bounded = bounded and cached
     removed: list[int] = list(start)
     mask = removal_mask(removed, L, granularity)
     if cached:
@@ -545,6 +577,7 @@ def greedy_removal(
         base = float(_naive_nll(trunk, model, [], granularity).sum()) / count
     losses: list[float] = []
     evaluated: list[int] = []
+    abandoned: list[int] = []
     previous: dict[int, float] = {}
     for _ in tqdm(range(len(removed), steps), desc=f"greedy ({granularity})", disable=not progress, leave=False):
         candidates = [u for u in range(U) if u not in removed]
@@ -554,21 +587,31 @@ def greedy_removal(
         if first is not None and not removed:
             scores = {u: float(first[u]) for u in candidates}
             candidates = []
+        if bounded:  # most promising first: the previous step's scores, else Block Influence of the current model
+            hint = previous or dict(enumerate(trunk.block_influence() if granularity == "layer" else np.zeros(U)))
+            candidates = sorted(candidates, key=lambda u: (hint.get(u, math.inf), u))
+        best_total, cut = math.inf, 0
         for u in candidates:
             if cached:
-                total = trunk.candidate_nll(u, granularity)
+                total = trunk.candidate_nll(u, granularity, bound=best_total)
             else:
                 total = _naive_nll(trunk, model, removed + [u], granularity)
-            scores[u] = float(total.sum()) / count
+            if total is None:  # abandoned: its loss exceeds the best complete one
+                cut += 1
+                continue
+            value = float(total.sum())
+            scores[u] = value / count
+            best_total = min(best_total, value) if bounded else best_total
         best = min(scores, key=lambda u: (scores[u], u))
         removed.append(best)
         losses.append(scores[best])
         evaluated.append(len(candidates))  # 0 where the first step was read from the ablation scan
-        previous = scores
+        abandoned.append(cut)
+        previous = scores | {u: math.inf for u in candidates if u not in scores}
         mask = removal_mask(removed, L, granularity)
         if cached:
             trunk.refresh(mask, from_layer=best if granularity == "layer" else best // 2)
-    return GreedyResult(granularity, removed, losses, base, evaluated)
+    return GreedyResult(granularity, removed, losses, base, evaluated, abandoned)
 
 
 @dataclass(frozen=True)
@@ -608,14 +651,18 @@ def swap_search(
     trunk.refresh(np.zeros((L, 2), dtype=bool))
     count = float(trunk.n_predictions().sum())
 
-    def loss(layers: Sequence[int]) -> float:
-        return float(trunk.mask_nll(removal_mask(layers, L, "layer")).sum()) / count
+    def loss(layers: Sequence[int], bound: float = math.inf) -> float:
+        total = trunk.mask_nll(removal_mask(layers, L, "layer"), bound=bound * count)
+        return math.inf if total is None else float(total.sum()) / count
 
     current = loss(removed)
     first, swaps = current, []
     for _ in tqdm(range(max_rounds), desc="swap search", disable=not progress, leave=False):
         kept_neighbours = sorted({n for r in removed for n in (r - 1, r + 1) if 0 <= n < L and n not in removed})
-        trials = {(r, c): loss(sorted(set(removed) - {r} | {c})) for r in removed for c in kept_neighbours}
+        trials: dict[tuple[int, int], float] = {}
+        for r in removed:
+            for c in kept_neighbours:  # a trial that cannot beat the best so far is abandoned early (exact)
+                trials[(r, c)] = loss(sorted(set(removed) - {r} | {c}), bound=min([current, *trials.values()]))
         (r, c), value = min(trials.items(), key=lambda item: (item[1], item[0]))
         if value >= current:
             break

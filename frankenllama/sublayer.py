@@ -35,11 +35,11 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.models import decoder_layers
-from frankenllama.surgery import drop_layers
+from frankenllama.surgery import SUBLAYER_KEY, drop_layers, renumber_layers
 
 ATTN, MLP = 0, 1
 PARTS = ("attn", "mlp")
-RECORD_KEY = "removed_sublayers"
+RECORD_KEY = SUBLAYER_KEY
 
 
 class RemovedAttention(nn.Module):
@@ -95,17 +95,6 @@ def removed_sublayers(model: PreTrainedModel) -> dict[str, list[int]]:
     return found
 
 
-def _renumber_attention(model: PreTrainedModel) -> None:
-    idx = 0
-    for block in decoder_layers(model):
-        if isinstance(block.self_attn, RemovedAttention):
-            continue
-        for module in block.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = idx
-        idx += 1
-
-
 def _apply(model: PreTrainedModel, attn: Iterable[int], mlp: Iterable[int]) -> None:
     layers = decoder_layers(model)
     for i in attn:
@@ -117,7 +106,7 @@ def _apply(model: PreTrainedModel, attn: Iterable[int], mlp: Iterable[int]) -> N
     record = dict(getattr(model.config, "frankenllama", None) or {})
     record[RECORD_KEY] = removed_sublayers(model)
     model.config.frankenllama = record
-    _renumber_attention(model)
+    renumber_layers(model)
 
 
 def prune_sublayers(model: PreTrainedModel, ids: Iterable[int], inplace: bool = False) -> PreTrainedModel:
@@ -140,9 +129,7 @@ def prune_sublayers(model: PreTrainedModel, ids: Iterable[int], inplace: bool = 
         raise ValueError(f"cannot remove every sub-block of all {L} blocks: keep at least one")
     target = model if inplace else copy.deepcopy(model)
     if whole:
-        record = dict(getattr(target.config, "frankenllama", None) or {})
         target = drop_layers(target, whole, inplace=True)
-        target.config.frankenllama = {**record, **target.config.frankenllama}  # drop_layers resets the record
     shift = {old: old - sum(w < old for w in whole) for old in range(L) if old not in whole}
     _apply(target, [shift[i] for i in sorted(attn - set(whole))], [shift[i] for i in sorted(mlp - set(whole))])
     return target

@@ -21,6 +21,8 @@ from transformers import PreTrainedModel
 
 from frankenllama.models import decoder_layers
 
+SUBLAYER_KEY = "removed_sublayers"  # frankenllama.sublayer's record of removed sub-blocks (current block ids)
+
 
 def check_layer_ids(layers: Iterable[int], num_layers: int, allow_all: bool = False) -> list[int]:
     """Validate block indices against a model of ``num_layers`` blocks; return them sorted.
@@ -60,11 +62,19 @@ def removed_layers(model: PreTrainedModel) -> list[int]:
 
 
 def renumber_layers(model: PreTrainedModel) -> None:
-    """Set ``layer_idx`` of every module inside block i to i (the KV cache is indexed by it)."""
-    for new_idx, block in enumerate(decoder_layers(model)):
+    """Number the blocks' attention modules ``0, 1, …`` in order (the KV cache is indexed by ``layer_idx``).
+
+    A block whose attention was removed (``frankenllama.sublayer``) has no cache entry and is skipped,
+    so the surviving attentions stay numbered without gaps.
+    """
+    idx = 0
+    for block in decoder_layers(model):
+        if not any(hasattr(m, "layer_idx") for m in block.self_attn.modules()):
+            continue
         for module in block.modules():
             if hasattr(module, "layer_idx"):
-                module.layer_idx = new_idx
+                module.layer_idx = idx
+        idx += 1
 
 
 def drop_layers(model: PreTrainedModel, layers: Iterable[int], inplace: bool = False) -> PreTrainedModel:
@@ -83,9 +93,12 @@ def drop_layers(model: PreTrainedModel, layers: Iterable[int], inplace: bool = F
     config.num_hidden_layers = len(keep)
     if getattr(config, "layer_types", None) is not None:
         config.layer_types = [config.layer_types[i] for i in keep]
-    config.frankenllama = {
-        "original_num_hidden_layers": before["original_num_hidden_layers"],
-        "kept_layers": [before["kept_layers"][i] for i in keep],
-    }
+    record = dict(getattr(config, "frankenllama", None) or {})
+    record.update(original_num_hidden_layers=before["original_num_hidden_layers"],
+                  kept_layers=[before["kept_layers"][i] for i in keep])
+    if SUBLAYER_KEY in record:  # sub-blocks removed earlier: their record follows the blocks' new indices
+        position = {old: new for new, old in enumerate(keep)}
+        record[SUBLAYER_KEY] = {part: [position[i] for i in ids if i in position] for part, ids in record[SUBLAYER_KEY].items()}
+    config.frankenllama = record
     renumber_layers(target)
     return target

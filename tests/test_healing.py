@@ -8,6 +8,7 @@ is written.
 
 from __future__ import annotations
 
+import copy
 import types
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from frankenllama.healing import (
     linear_patch,
     recovery_table,
 )
+from frankenllama.healing.teacher import cached_teacher_targets, full_kl, sparse_kl
 from frankenllama.models import decoder_layers
 from frankenllama.surgery import drop_layers
 
@@ -96,7 +98,8 @@ def test_lora_moves_only_adapters_and_merge_equals_adapter_model(setup):
 # ----------------------------------------------------------------------------- resume
 @pytest.mark.parametrize(
     "recipe,extra",
-    [("lora", {"lora_dropout": 0.2}), ("kd-full", {"hidden_weight": 0.5}), ("partial", {"partial_train_head": True})],
+    [("lora", {"lora_dropout": 0.2}), ("kd-full", {"hidden_weight": 0.5, "kd_top_k": 0}), ("kd-lora", {"kd_top_k": 8}),
+     ("partial", {"partial_train_head": True})],
 )
 def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path, recipe, extra):
     teacher, student, tok, train, evals = setup
@@ -124,6 +127,47 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path, recipe,
     torch.testing.assert_close(logits(reloaded, evals), logits(full.model, evals))
     assert heal(student, tok, config, out_dir=out, **kwargs).cached
     assert not (tmp_path / ".healed.checkpoints").exists(), "checkpoints are removed after the final save"
+
+
+# ----------------------------------------------------------------------------- distillation targets
+def test_sparse_kl_is_the_full_kl_over_all_tokens_and_a_lower_bound_below():
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(2, 5, VOCAB, generator=g), 2 * torch.randn(2, 5, VOCAB, generator=g)
+    full = full_kl(student, teacher, 2.0)
+    for k, check in ((VOCAB, "equal"), (16, "below"), (1, "below")):
+        logp = torch.log_softmax(teacher / 2.0, -1).topk(k, -1)
+        sparse = sparse_kl(student, logp.indices, logp.values, 2.0)
+        if check == "equal":
+            torch.testing.assert_close(sparse, full, atol=1e-5, rtol=1e-5)
+        else:
+            assert 0 <= float(sparse) < float(full)
+    same = torch.log_softmax(student / 2.0, -1).topk(16, -1)
+    assert abs(float(sparse_kl(student, same.indices, same.values, 2.0))) < 1e-5
+
+
+def test_teacher_targets_are_cached_and_reused(setup):
+    teacher, _, _, train, _ = setup
+    digest = f"test-{torch.randint(0, 10**9, (1,)).item()}"  # a fresh cache entry
+    first, computed = cached_teacher_targets(teacher, train[:5], 2.0, 8, digest, "blocks", batch_size=2)
+    again, recomputed = cached_teacher_targets(teacher, train[:5], 2.0, 8, digest, "blocks", batch_size=2)
+    assert computed and not recomputed
+    assert torch.equal(first.indices, again.indices) and torch.equal(first.logp, again.logp)
+    direct = torch.log_softmax(logits(teacher, train[:5])[:, :-1] / 2.0, -1).topk(8, -1)
+    assert torch.equal(first.indices, direct.indices)
+    torch.testing.assert_close(first.logp, direct.values)
+    assert 0 < first.tail_mass() < 1
+
+
+def test_kd_with_cached_targets_pulls_the_student_to_the_teacher(setup):
+    teacher, student, tok, train, _ = setup
+    far = copy.deepcopy(student)
+    with torch.no_grad():
+        far.model.norm.weight.mul_(8.0)  # a much sharper, wrong next-token distribution
+    config = HealConfig(recipe="kd-full", tokens=6 * 4 * 16, batch_size=4, lr=1e-2, kd_top_k=16, kd_weight=1.0)
+    result = heal(far, tok, config, train_blocks=train, teacher=teacher, progress=False)
+    before = full_kl(logits(far, train), logits(teacher, train), 2.0)
+    after = full_kl(logits(result.model, train), logits(teacher, train), 2.0)
+    assert result.teacher_tail_mass is not None and float(after) < 0.5 * float(before)
 
 
 def test_batch_order_is_a_pure_function_of_seed_and_step():
@@ -239,6 +283,10 @@ def test_unknown_recipe_and_bad_compositions():
         HealConfig(recipe="lora+linear-patch")
     with pytest.raises(UnknownRecipeError, match="more than one trained"):
         HealConfig(recipe="lora+partial")
+    with pytest.raises(ValueError, match="set kd_top_k=0"):
+        HealConfig(recipe="kd-lora", hidden_weight=0.5)
+    with pytest.raises(ValueError, match="kd_top_k must be >= 0"):
+        HealConfig(recipe="kd-lora", kd_top_k=-1)
 
 
 def test_zero_token_budget_is_refused(setup):

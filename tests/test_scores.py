@@ -122,6 +122,30 @@ def test_greedy_with_and_without_cache_picks_the_same_units(model, granularity, 
     assert resumed.order == cached.order
 
 
+@pytest.mark.parametrize("granularity, steps", [("layer", 4), ("sublayer", 5)])
+def test_bounded_search_is_exact(model, granularity, steps):
+    ids = blocks(5)
+    bounded = greedy_removal(model, ids, steps, granularity, batch_size=1, bounded=True)
+    full = greedy_removal(model, ids, steps, granularity, batch_size=1, bounded=False)
+    assert bounded.order == full.order
+    assert bounded.nll == full.nll
+    assert not any(full.abandoned) and len(bounded.abandoned) == steps
+
+
+def test_candidate_bound_abandons_only_above_it(model):
+    ids = blocks(4)
+    trunk = Trunk(model, ids, batch_size=1)
+    trunk.refresh(np.zeros((6, 2), dtype=bool))
+    total = trunk.candidate_nll(2, "layer")
+    assert total is not None and len(total) == 4
+    assert trunk.candidate_nll(2, "layer", bound=float(total.sum()) * (1 + 1e-9)) is not None
+    assert trunk.candidate_nll(2, "layer", bound=float(total[:3].sum()) * 0.999) is None  # cut at the 3rd block
+    assert trunk.candidate_nll(2, "layer", bound=0.0) is None
+    assert torch.equal(trunk.candidate_nll(2, "layer", bound=float(total.sum()) * 0.999), total)  # complete: kept
+    bi = trunk.block_influence()
+    assert bi.shape == (6,) and np.all(bi >= -1e-6) and np.all(bi <= 2)
+
+
 def test_trunk_mask_nll_equals_the_pruned_model(model):
     ids = blocks(3)
     trunk = Trunk(model, ids, batch_size=2)

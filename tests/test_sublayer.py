@@ -95,6 +95,29 @@ def test_save_and_reload_through_frankenllama(tmp_path):
         assert torch.allclose(plain(IDS).logits, expected, atol=1e-6)
 
 
+def test_dropping_blocks_of_a_sub_block_pruned_model_keeps_its_record(tmp_path):
+    from conftest import tiny_tokenizer
+
+    from frankenllama.models import load_model
+    from frankenllama.surgery import drop_layers
+
+    model = tiny_llama(4)
+    partly = prune_sublayers(model, [sublayer_id(1, "attn"), sublayer_id(3, "mlp")])
+    pruned = drop_layers(partly, [0])  # blocks 1, 2, 3 become 0, 1, 2
+    assert removed_sublayers(pruned) == {"attn": [0], "mlp": [2]}
+    assert pruned.config.frankenllama["removed_sublayers"] == {"attn": [0], "mlp": [2]}
+    assert lineage(pruned)["kept_layers"] == [1, 2, 3]
+    with torch.no_grad():
+        assert torch.allclose(pruned(IDS).logits, bypassed_logits(model, [0, 1, 2, 7]), atol=1e-5)
+        prompt, kwargs = IDS[:1, :5], dict(max_new_tokens=6, do_sample=False, pad_token_id=2)
+        assert torch.equal(pruned.generate(prompt, use_cache=True, **kwargs), pruned.generate(prompt, use_cache=False, **kwargs))
+    pruned.save_pretrained(tmp_path)
+    tiny_tokenizer().save_pretrained(tmp_path)
+    again, _ = load_model(str(tmp_path), device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(again(IDS).logits, pruned(IDS).logits, atol=1e-6)
+
+
 def test_reload_refuses_a_checkpoint_that_does_not_match_its_record():
     pruned = prune_sublayers(tiny_llama(4), [0])
     fresh = type(pruned)(pruned.config)  # a full model carrying the record, as from_pretrained builds it

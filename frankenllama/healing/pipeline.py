@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.cache import atomic_dir, provenance, seed_everything, to_jsonable
+from frankenllama.healing.teacher import cached_teacher_targets
 from frankenllama.healing.patch import PatchFit, check_teacher_lineage, linear_patch, patch_runs
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.healing.trainer import RecipeTrainer, check_lora_targets, check_teacher, partial_layers
@@ -77,6 +78,8 @@ class HealResult:
     resumed_from_step: int | None = None
     cached: bool = False
     fingerprint: str = ""
+    teacher_time_s: float = 0.0  # the one teacher pass over the run's blocks (0 when its targets were cached)
+    teacher_tail_mass: float | None = None  # mean teacher probability outside the cached top k
 
     def summary(self) -> dict[str, Any]:
         """A flat row for tables: recipe, tokens, times, perplexities."""
@@ -88,6 +91,7 @@ class HealResult:
             "train_time_s": round(self.train_time_s, 1),
             "wall_time_s": round(self.wall_time_s, 1),
             "tokens_per_s": round(self.tokens_per_s, 1),
+            "teacher_time_s": round(self.teacher_time_s, 1),
             "ppl_before": self.ppl_before,
             "ppl_after": self.ppl_after,
         }
@@ -195,6 +199,7 @@ def _load_cached(out_dir: Path, fingerprint: str, config: HealConfig) -> HealRes
         steps=h["steps"], train_time_s=h["train_time_s"], wall_time_s=h["wall_time_s"],
         tokens_per_s=h["tokens_per_s"], ppl_before=h["ppl_before"], ppl_after=h["ppl_after"], curve=h["curve"],
         losses=losses, patch_fits=h["patch_fits"], cached=True, fingerprint=fingerprint,
+        teacher_time_s=h.get("teacher_time_s", 0.0), teacher_tail_mass=h.get("teacher_tail_mass"),
     )  # fmt: skip
 
 
@@ -318,9 +323,22 @@ def heal(
     calib_tokens = sum(f.tokens for f in fits)
 
     start_step, resumed = 0, None
+    teacher_time, tail_mass = 0.0, None
     if trained is None:
         model, train_time = work, patch_time
     else:
+        targets = None
+        if trained.distill and config.kd_top_k:  # the teacher once over the blocks this run will see
+            t_teacher = time.perf_counter()
+            used = torch.cat([batch_indices(s, config.batch_size, len(train_blocks), config.seed) for s in range(n_steps)])
+            rows = used.unique()  # sorted block ids
+            targets, computed = cached_teacher_targets(
+                teacher, train_blocks[rows], config.kd_temperature, config.kd_top_k, model_digest(teacher),
+                tensor_digest(train_blocks[rows]), batch_size=eval_batch_size, progress=progress)
+            position = torch.full((len(train_blocks),), -1, dtype=torch.long)
+            position[rows] = torch.arange(len(rows))
+            teacher_time = time.perf_counter() - t_teacher if computed else 0.0
+            tail_mass = targets.tail_mass()
         seed_everything(config.seed)  # adapter initialisation is seeded the same on a resume
         trainer = RecipeTrainer(work, config, n_steps, teacher)
         if checkpoint is not None:
@@ -335,8 +353,9 @@ def heal(
         step_time = prior_train
         bar = tqdm(total=n_steps, initial=start_step, desc=f"heal {config.recipe}", disable=not progress, unit="step")
         for step in range(start_step, n_steps):
-            ids = train_blocks[batch_indices(step, config.batch_size, len(train_blocks), config.seed)].to(device)
-            parts = trainer.step(ids)  # (B, T) batch
+            batch = batch_indices(step, config.batch_size, len(train_blocks), config.seed)
+            ids = train_blocks[batch].to(device)
+            parts = trainer.step(ids, targets.rows(position[batch]) if targets is not None else None)  # (B, T) batch
             step_time += parts["seconds"]
             done = step + 1
             if done % config.log_every == 0 or done == n_steps:
@@ -381,6 +400,8 @@ def heal(
         patch_fits=[to_jsonable(f) for f in fits],
         resumed_from_step=resumed,
         fingerprint=fingerprint,
+        teacher_time_s=teacher_time,
+        teacher_tail_mass=tail_mass,
     )
     if out_dir is not None:
         save_healed(out_dir, result, tokenizer, removed=removed_layers(student), meta=meta)
@@ -409,7 +430,8 @@ def save_healed(
             k: getattr(result, k)
             for k in (
                 "tokens_seen", "calib_tokens", "steps", "train_time_s", "wall_time_s", "tokens_per_s",
-                "ppl_before", "ppl_after", "curve", "patch_fits", "resumed_from_step",
+                "ppl_before", "ppl_after", "curve", "patch_fits", "resumed_from_step", "teacher_time_s",
+                "teacher_tail_mass",
             )
         },  # fmt: skip
     }

@@ -10,7 +10,10 @@ Recipes:
   linear modules, trained on the next-token loss and merged back into plain weights.
 * ``"kd-lora"`` / ``"kd-full"`` — knowledge distillation from the unpruned model (Hinton et al.
   2015, arXiv:1503.02531): ``T²·KL(p_teacher^T ‖ p_student^T)`` on the next-token distributions at
-  temperature ``T``, mixed with the next-token loss, and optionally a hidden-state loss at each cut
+  temperature ``T``, mixed with the next-token loss. By default (``kd_top_k=64``) the teacher runs
+  once over the run's training blocks and its top-k log-probabilities are cached and shared by every
+  distillation run (``frankenllama.healing.teacher``); ``kd_top_k=0`` runs it at every step and uses
+  the full-vocabulary KL. Optionally (online teacher only) a hidden-state loss at each cut
   (the student's residual after the last block before a cut regressed on the teacher's residual
   after the last removed block, as in Gromov et al. 2024, arXiv:2403.17887). Trained through LoRA
   or on all weights.
@@ -113,6 +116,7 @@ class HealConfig:
     kd_temperature: float = 2.0
     kd_weight: float = 0.5  # loss = kd_weight·T²·KL + (1 − kd_weight)·CE
     hidden_weight: float = 0.0  # weight of the hidden-state MSE at the cut (0 disables)
+    kd_top_k: int = 64  # teacher targets: its top-k tokens + a tail bucket, computed once and cached (0: full KL, teacher run at every step)
     # partial fine-tuning
     partial_scope: Literal["cut", "last"] = "cut"
     partial_width: int = 1  # blocks on each side of a cut ("cut") or at the top ("last")
@@ -135,7 +139,7 @@ class HealConfig:
             object.__setattr__(self, "patch_layers", tuple(sorted(self.patch_layers)))
         trained = self.trained_recipe
         ints = {
-            "tokens": self.tokens, "batch_size": self.batch_size, "lora_rank": self.lora_rank,
+            "tokens": self.tokens, "batch_size": self.batch_size, "lora_rank": self.lora_rank, "kd_top_k": self.kd_top_k,
             "partial_width": self.partial_width, "patch_tokens": self.patch_tokens, "seed": self.seed,
             "eval_every": self.eval_every, "log_every": self.log_every, "checkpoint_every": self.checkpoint_every,
         }  # fmt: skip
@@ -162,6 +166,10 @@ class HealConfig:
             raise ValueError(f"lora_targets must be non-empty module names, got {self.lora_targets!r}")
         if self.kd_temperature <= 0 or not 0.0 <= self.kd_weight <= 1.0 or self.hidden_weight < 0:
             raise ValueError("kd_temperature must be positive, kd_weight in [0, 1], hidden_weight >= 0")
+        if self.kd_top_k < 0:
+            raise ValueError(f"kd_top_k must be >= 0 (0: full-vocabulary KL with the teacher run at every step), got {self.kd_top_k}")
+        if self.hidden_weight > 0 and self.kd_top_k:
+            raise ValueError("hidden_weight > 0 needs the teacher's hidden states at every step: set kd_top_k=0 (online teacher)")
         if self.partial_scope not in ("cut", "last"):
             raise ValueError(f"partial_scope must be 'cut' or 'last', got {self.partial_scope!r}")
         if self.patch_layers is not None:

@@ -6,7 +6,9 @@ weights unfrozen), its AdamW optimizer and learning-rate schedule, and the loss:
 * next-token cross-entropy ``CE``;
 * with distillation, ``kd_weight · T² · KL(p_t^T ‖ p_s^T) + (1 − kd_weight) · CE`` where ``p^T`` is
   the softmax at temperature ``T`` of the teacher's / student's logits (Hinton et al. 2015,
-  arXiv:1503.02531; the ``T²`` keeps gradient magnitudes comparable across temperatures);
+  arXiv:1503.02531; the ``T²`` keeps gradient magnitudes comparable across temperatures); over the
+  teacher's cached top-k tokens plus a tail bucket by default, over the whole vocabulary with the
+  teacher run in the step when ``kd_top_k=0`` (``frankenllama.healing.teacher``);
 * optionally ``+ hidden_weight · ‖h_s − h_t‖² / ‖h_t‖²`` at each cut: ``h_s`` the student's residual
   after the last block before the cut, ``h_t`` the teacher's after the last removed block, i.e. the
   residual the rest of the network expects (Gromov et al. 2024, arXiv:2403.17887).
@@ -27,6 +29,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from frankenllama.healing.recipes import HealConfig, Recipe
+from frankenllama.healing.teacher import full_kl, sparse_kl
 from frankenllama.models import decoder_layers
 from frankenllama.surgery import lineage, removed_layers
 from frankenllama.healing.patch import contiguous_runs
@@ -202,8 +205,12 @@ class RecipeTrainer:
         return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
     # ---------------------------------------------------------------- one step
-    def loss(self, ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """The recipe's loss on a ``(B, T)`` batch and its parts (floats, for the log)."""
+    def loss(self, ids: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The recipe's loss on a ``(B, T)`` batch and its parts (floats, for the log).
+
+        ``targets``: the batch's cached teacher targets ``(indices, logp)`` (``TeacherTargets.rows``),
+        required by distillation with ``kd_top_k > 0``.
+        """
         cfg = self.config
         s_layers = decoder_layers(self.base_model())
         grab_s = grab_t = None
@@ -215,20 +222,24 @@ class RecipeTrainer:
             logits = self.model(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
             parts: dict[str, float] = {}
             vocab = logits.shape[-1]
-            targets = ids[:, 1:]  # (B, T-1)
+            next_ids = ids[:, 1:]  # (B, T-1)
             total = logits.new_zeros(())
             ce_w = 1.0 - cfg.kd_weight if self.recipe.distill else 1.0
             if ce_w > 0:
-                ce = F.cross_entropy(logits.reshape(-1, vocab).float(), targets.reshape(-1))
+                ce = F.cross_entropy(logits.reshape(-1, vocab).float(), next_ids.reshape(-1))
                 total = total + ce_w * ce
                 parts["ce"] = float(ce.detach())
             if self.recipe.distill:
-                with torch.no_grad():
-                    t_logits = self.teacher(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
                 temp = cfg.kd_temperature
-                log_p_s = F.log_softmax(logits.float() / temp, dim=-1)
-                log_p_t = F.log_softmax(t_logits.float() / temp, dim=-1)
-                kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(-1).mean()
+                if cfg.kd_top_k:
+                    if targets is None:
+                        raise ValueError("kd_top_k > 0: pass the batch's cached teacher targets (TeacherTargets.rows)")
+                    indices, t_logp = (t.to(logits.device) for t in targets)
+                    kl = sparse_kl(logits, indices, t_logp, temp)
+                else:
+                    with torch.no_grad():
+                        t_logits = self.teacher(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+                    kl = full_kl(logits, t_logits, temp)
                 total = total + cfg.kd_weight * temp**2 * kl
                 parts["kd"] = float(kl.detach())
                 if self.cuts:
@@ -245,11 +256,11 @@ class RecipeTrainer:
         parts["loss"] = float(total.detach())
         return total, parts
 
-    def step(self, ids: torch.Tensor) -> dict[str, float]:
+    def step(self, ids: torch.Tensor, targets: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, float]:
         """One optimizer step on a ``(B, T)`` batch; returns the loss parts, lr and seconds taken."""
         t0 = time.perf_counter()
         lr = self.scheduler.get_last_lr()[0]
-        loss, parts = self.loss(ids)
+        loss, parts = self.loss(ids, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
