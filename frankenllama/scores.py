@@ -622,6 +622,7 @@ class SwapResult:
     nll: float
     start_nll: float
     swaps: list[tuple[int, int]]  # (put back, removed instead), in order
+    start: list[int] = field(default_factory=list)  # the starting set the search improved (the best of those given)
 
 
 @torch.no_grad()
@@ -632,8 +633,12 @@ def swap_search(
     batch_size: int = 4,
     max_rounds: int = 8,
     progress: bool = False,
+    alternatives: Sequence[Sequence[int]] = (),
 ) -> SwapResult:
     """Improve a set of removed blocks by swaps: put one back, remove a neighbour of the set instead.
+
+    ``alternatives``: other starting sets of the same size (e.g. other strategies' choices); the
+    search starts from whichever of ``start`` and these has the lowest calibration NLL (multi-start).
 
     A greedy search cannot undo an early choice; this steepest-descent local search can. Each round
     evaluates every swap of a removed block r for a kept block adjacent to the removed set (the
@@ -656,7 +661,15 @@ def swap_search(
         return math.inf if total is None else float(total.sum()) / count
 
     current = loss(removed)
-    first, swaps = current, []
+    for other in alternatives:
+        other = sorted(int(u) for u in other)
+        if len(other) != len(removed):
+            raise ValueError(f"every starting set must name {len(removed)} blocks, got {other}")
+        if other != removed:
+            value = loss(other, bound=current)
+            if value < current:
+                removed, current = other, value
+    begin, first, swaps = list(removed), current, []
     for _ in tqdm(range(max_rounds), desc="swap search", disable=not progress, leave=False):
         kept_neighbours = sorted({n for r in removed for n in (r - 1, r + 1) if 0 <= n < L and n not in removed})
         trials: dict[tuple[int, int], float] = {}
@@ -668,7 +681,7 @@ def swap_search(
             break
         removed, current = sorted(set(removed) - {r} | {c}), value
         swaps.append((r, c))
-    return SwapResult(removed, current, first, swaps)
+    return SwapResult(removed, current, first, swaps, begin)
 
 
 @torch.no_grad()
@@ -848,19 +861,20 @@ class LayerScores:
         self._greedy[granularity] = result
         return result
 
-    def swap(self, k: int) -> SwapResult:
-        """SLEB's choice at k improved by ``swap_search`` (cached per k)."""
+    def swap(self, k: int, starts: Sequence[Sequence[int]] = ()) -> SwapResult:
+        """``swap_search`` at k from the best (on calibration NLL) of SLEB's choice and ``starts`` (cached)."""
         self.require_model("the swap search")
         start = self.greedy(k, "layer").chosen(k)
+        others = sorted({tuple(sorted(int(u) for u in s)) for s in starts} - {tuple(start)})
 
         def compute() -> dict[str, np.ndarray]:
-            run = swap_search(self.model, self.calib, start, self.batch_size, progress=self.progress)
+            run = swap_search(self.model, self.calib, start, self.batch_size, progress=self.progress, alternatives=others)
             return {"removed": np.array(run.removed), "nll": np.array(run.nll), "start_nll": np.array(run.start_nll),
-                    "swaps": np.array(run.swaps, dtype=np.int64).reshape(-1, 2)}
+                    "swaps": np.array(run.swaps, dtype=np.int64).reshape(-1, 2), "start": np.array(run.start)}
 
-        arrays = self.store("swap", {"k": k, "start": start, "batch_size": self.batch_size}, compute)
+        arrays = self.store("swap", {"k": k, "start": start, "others": others, "batch_size": self.batch_size}, compute)
         return SwapResult([int(u) for u in arrays["removed"]], float(arrays["nll"]), float(arrays["start_nll"]),
-                          [(int(a), int(b)) for a, b in arrays["swaps"]])
+                          [(int(a), int(b)) for a, b in arrays["swaps"]], [int(u) for u in arrays["start"]])
 
     def score(self, name: str) -> np.ndarray:
         """Importance of every unit under score ``name`` (a key of ``SCORES``); higher means keep."""

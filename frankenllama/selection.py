@@ -24,9 +24,12 @@ Layer strategies:
   Lu et al. 2024, "Reassessing Layer Pruning in LLMs", arXiv:2411.15558).
 * ``"sleb"`` — iterative greedy: remove the block whose removal raises the calibration NLL least,
   re-score, repeat (SLEB, Song et al. 2024, arXiv:2402.09025). Nested in k.
-* ``"sleb-swap"`` — SLEB's choice, then steepest-descent swaps (put a removed block back, remove a
-  block next to the removed set) while the calibration NLL drops: the greedy cannot undo an early
-  choice; the swaps can (``frankenllama.scores.swap_search``).
+* ``"swap-search"`` — a multi-start local search on the calibration loss: of the choices of SLEB,
+  angular-block (last and all tokens), contiguous-nll, ablation-kl and block-influence, start from
+  the one of lowest calibration NLL, then make steepest-descent swaps (put a removed block back,
+  remove a block next to the removed set) while the calibration NLL drops. A greedy search cannot
+  undo an early choice and a proxy cannot see block interactions; the swaps can
+  (``frankenllama.scores.swap_search``). Never worse on calibration than any of its starts.
 
 Sub-layer strategies (k counts sub-blocks):
 
@@ -136,13 +139,16 @@ STRATEGIES: dict[str, Strategy] = {
     "reverse": Strategy(reverse, nested=True, cite="Lu et al. 2024, arXiv:2411.15558"),
     "sleb": Strategy(lambda ctx, k: ctx.greedy(k, "layer").chosen(k), needs_model=True, nested=True,
                      cite="SLEB, Song et al. 2024, arXiv:2402.09025"),
-    "sleb-swap": Strategy(lambda ctx, k: ctx.swap(k).removed, needs_model=True,
-                          cite="SLEB choice refined by best-improvement swaps on the calibration loss"),
+    "swap-search": Strategy(lambda ctx, k: ctx.swap(k, [STRATEGIES[s].select(ctx, k) for s in SWAP_STARTS]).removed,
+                            needs_model=True, cite="multi-start swap search on the calibration loss"),
     "sublayer-nll": Strategy(_top_k("sublayer-nll"), granularity="sublayer", needs_model=True,
                              cite="one-sub-block-out ablation"),
     "blockpruner": Strategy(lambda ctx, k: ctx.greedy(k, "sublayer").chosen(k), granularity="sublayer",
                             needs_model=True, nested=True, cite="BlockPruner, Zhong et al. 2024, arXiv:2406.10594"),
 }
+
+
+SWAP_STARTS = ("angular-block", "angular-block-all", "contiguous-nll", "ablation-kl", "block-influence")  # + SLEB
 
 
 def get_strategy(name: str) -> Strategy:

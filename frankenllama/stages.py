@@ -217,24 +217,35 @@ def pruning_stage(config: PruningConfig) -> pd.DataFrame:
                           kind="stable").reset_index(drop=True)
 
 
-def best_strategies(curves: pd.DataFrame, granularity: str = "layer") -> pd.DataFrame:
-    """For each k > 0, the strategy of lowest eval perplexity among ``granularity`` strategies, and its margins."""
+def best_strategies(curves: pd.DataFrame, granularity: str | None = "layer") -> pd.DataFrame:
+    """For each k > 0, the strategy of lowest eval perplexity and its margins over BI and angular-block.
+
+    ``granularity``: ``"layer"`` or ``"sublayer"`` strategies only, or ``None`` for all (sub-layer
+    strategies are measured at the parameter count of k removed layers). ``tied_with`` lists the
+    other strategies that found a configuration as good (typically the same layers).
+    """
     rows = []
-    sub = curves[(curves.granularity == granularity) & (curves.k > 0)]
+    sub = curves[curves.k > 0] if granularity is None else curves[(curves.granularity == granularity) & (curves.k > 0)]
+    refs = curves[curves.k > 0]
     for k, group in sub.groupby("k"):
         best = group.loc[group.eval_ppl.idxmin()]
-        ref = group.set_index("strategy").eval_ppl
-        rows.append({"k": int(k), "strategy": best.strategy, "layers": best.layers, "eval_ppl": best.eval_ppl,
+        ref = refs[refs.k == k].set_index("strategy").eval_ppl
+        tied = [s for s, v in zip(group.strategy, group.eval_ppl) if s != best.strategy and v <= best.eval_ppl * (1 + 1e-9)]
+        rows.append({"k": int(k), "strategy": best.strategy, "granularity": best.granularity,
+                     "layers": best.layers, "units": best.units, "eval_ppl": best.eval_ppl, "tied_with": tied,
                      **{f"vs {name}": ref[name] - best.eval_ppl for name in ("block-influence", "angular-block") if name in ref}})
     return pd.DataFrame(rows)
 
 
 def best_summary(best: pd.DataFrame) -> str:
-    """Markdown bullets: at each k, the best strategy, its layers, and its margins over BI and angular-block."""
+    """Markdown bullets: at each k, the best strategy, what it removes, and its margins over BI and angular-block."""
     lines = []
     for _, row in best.iterrows():
-        margins = [f"{row[f'vs {name}']:.1f} below {name}" for name in ("block-influence", "angular-block") if f"vs {name}" in row]
-        lines.append(f"* k = {row.k}: **{row.strategy}** removes {list(row.layers)}: eval PPL {row.eval_ppl:.1f}, "
+        margins = [f"{row[f'vs {name}']:.1f} below {name}" if row[f"vs {name}"] > 0 else f"no better than {name}"
+                   for name in ("block-influence", "angular-block") if f"vs {name}" in row]
+        what = list(row.layers) if row.granularity == "layer" else describe(row.units)
+        ties = f" (tied with {', '.join(row.tied_with)})" if len(row.tied_with) else ""
+        lines.append(f"* k = {row.k}: **{row.strategy}**{ties} removes {what}: eval PPL {row.eval_ppl:.1f}, "
                      + " and ".join(margins))
     return "\n".join(lines)
 

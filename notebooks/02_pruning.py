@@ -125,15 +125,22 @@ chosen.pivot(index="strategy", columns="k", values="removed").loc[list(strategie
 
 # %%
 best = best_strategies(curves)
-write_table(best.assign(layers=best.layers.map(lambda l: " ".join(map(str, l)))), out, "best_strategy",
+write_table(best.assign(layers=best.layers.map(lambda l: " ".join(map(str, l))), units=best.units.map(len),
+                        tied_with=best.tied_with.map(" ".join)), out, "best_strategy",
             caption="Best layer strategy at each k on held-out eval perplexity, and its margin over BI and angular-block.")
-display(Markdown(best_summary(best)))
-best.round(2)
+display(Markdown("**Whole layers removed:**\n\n" + best_summary(best)))
+if any(STRATEGIES[s].granularity == "sublayer" for s in strategies):
+    display(Markdown("**Any granularity, at the parameter count of k removed layers:**\n\n"
+                     + best_summary(best_strategies(curves, granularity=None))))
+best.drop(columns=["units"]).round(2)
 
 # %% [markdown]
 # The best strategy is chosen on held-out perplexity here, after the fact; each strategy itself saw
 # only the calibration split. How the winners are measured (the true score, the greedy search) is
-# what the study below explains.
+# what the study below explains. `swap-search` starts from the best of several strategies' choices
+# on the calibration loss and swaps blocks while that loss drops: where it ends on the very run that
+# angular-block picks, that run is a local optimum of the calibration loss, and a tie is the honest
+# result.
 
 # %% [markdown]
 # ## Every score per layer

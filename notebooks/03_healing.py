@@ -22,6 +22,7 @@ eval_every = 4  # optimizer steps between eval-perplexity points
 checkpoint_every = 4  # optimizer steps between checkpoints (a killed run resumes from the last one)
 eval_blocks = 8  # held-out eval blocks: 8 x 256 = 2k tokens
 patch_tokens = 8192  # calibration tokens for the linear patch's least-squares fit
+kd_top_k = 64  # distillation targets: the teacher's top-k tokens, cached once (0: full KL, teacher run every step)
 seed = 0  # seed set at the entry of each healing run
 smoke = False  # small, fast profile for tests and CI (~1 min)
 
@@ -33,6 +34,11 @@ smoke = False  # small, fast profile for tests and CI (~1 min)
 # unpruned model (through LoRA or on all weights), partial fine-tuning of the blocks next to the cut
 # (Lu et al. 2024), and the training-free ReplaceMe linear patch (Shopkhoev et al. 2025), alone and
 # followed by LoRA. Each healed model is saved as a variant `healed-<recipe>` for notebook 04.
+#
+# The distillation recipes read the teacher's top-64 next-token log-probabilities (plus a tail
+# bucket) from a cache filled by one teacher pass over the training blocks and shared by `kd-lora`
+# and `kd-full` (`frankenllama.healing.teacher`); set `kd_top_k = 0` below for the full-vocabulary KL
+# with the teacher run at every step.
 #
 # The default budget, 8k tokens per recipe, is set by the pipeline's time limit: the whole
 # notebook must finish in about 8 minutes on 2 CPU cores, where LoRA trains at roughly 200
@@ -73,7 +79,7 @@ print(f"removing blocks {layers} (strategy: {strategy}); unpruned eval PPL {refe
 
 # %%
 base = HealConfig(tokens=tokens, batch_size=batch_size, eval_every=eval_every, checkpoint_every=checkpoint_every,
-                  patch_tokens=patch_tokens, seed=seed)  # fmt: skip
+                  patch_tokens=patch_tokens, kd_top_k=kd_top_k, seed=seed)  # fmt: skip
 results = compare_recipes(
     student, tokenizer, recipes, base, teacher=teacher, train_blocks=train, eval_blocks=held_out,
     calib_blocks=calib, variant_prefix="smoke-healed" if smoke else "healed",

@@ -184,3 +184,9 @@ def test_swap_search_only_improves_and_reports_the_pruned_models_loss(model):
     assert len(run.removed) == 3 and len(run.swaps) <= 8
     with pytest.raises(ValueError, match="start must name"):
         swap_search(model, ids, [])
+    sets = [start, [1, 3, 5], [3, 4, 5]]
+    best = min(sets, key=lambda s: mean_nll(drop_layers(model, s), ids))
+    multi = swap_search(model, ids, start, batch_size=2, max_rounds=0, alternatives=sets[1:])
+    assert multi.start == best and multi.nll == pytest.approx(mean_nll(drop_layers(model, best), ids), abs=1e-5)
+    with pytest.raises(ValueError, match="every starting set must name 3"):
+        swap_search(model, ids, start, alternatives=[[1, 2]])

@@ -90,3 +90,25 @@ def test_real_model_cached_search_matches_naive(smollm2):
     print(cached, naive)
     assert cached.order == naive.order
     assert np.allclose(cached.nll, naive.nll, rtol=1e-4)  # same blocks, different kernels: fp32 rounding only
+
+
+def test_best_strategy_table_reports_margins_and_ties():
+    import pandas as pd
+
+    from frankenllama.stages import best_strategies, best_summary
+
+    rows = [("block-influence", "layer", 6, [12, 13], 40.0), ("angular-block", "layer", 6, [13, 14], 33.0),
+            ("swap-search", "layer", 6, [13, 14], 33.0), ("sleb", "layer", 3, [14], 21.0),
+            ("block-influence", "layer", 3, [13], 25.0), ("angular-block", "layer", 3, [15], 26.0),
+            ("sublayer-nll", "sublayer", 6, [26, 29], 30.0)]
+    curves = pd.DataFrame([{"strategy": s, "granularity": g, "k": k, "units": l,
+                            "layers": l if g == "layer" else [], "eval_ppl": p} for s, g, k, l, p in rows])
+    best = best_strategies(curves).set_index("k")
+    assert best.loc[3, "strategy"] == "sleb" and best.loc[3, "vs block-influence"] == pytest.approx(4.0)
+    assert best.loc[6, "strategy"] == "angular-block" and best.loc[6, "tied_with"] == ["swap-search"]
+    assert best.loc[6, "vs angular-block"] == 0.0
+    text = best_summary(best.reset_index())
+    assert "no better than angular-block" in text and "4.0 below block-influence" in text
+    overall = best_strategies(curves, granularity=None).set_index("k")
+    assert overall.loc[6, "strategy"] == "sublayer-nll" and overall.loc[6, "vs angular-block"] == pytest.approx(3.0)
+    assert "13.attn" in best_summary(overall.reset_index())
