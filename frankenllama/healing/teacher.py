@@ -11,8 +11,10 @@ keyed by the teacher's weights, the blocks, the temperature and ``k``, so ``kd-l
 The distillation loss then compares distributions over ``k + 1`` outcomes — the teacher's top-k
 tokens and "any other token" — ``KL(p_t ‖ p_s)`` with both tails lumped into the last outcome
 (``sparse_kl``). By the data-processing inequality this never exceeds the full-vocabulary KL, and
-it equals it when the teacher puts no mass outside its top k; at k = 64 and T = 2 the SmolLM2
-teacher's top-k holds most of the mass (the tail mass is reported). Caching sparse teacher logits is
+it equals it when the teacher puts no mass outside its top k. Measured on SmolLM2-135M (4 training
+blocks): at T = 1 the mean tail mass is 0.14 / 0.07 / 0.035 outside the top 16 / 64 / 256 tokens;
+at T = 2 it is 0.66 outside the top 64 and still 0.41 outside the top 1,024, which is why the
+workbook distils at T = 1 (every run reports its tail mass). Caching sparse teacher logits is
 what large-scale distillation pipelines do (e.g. Gemma 2, arXiv:2408.00118; see Anshumann et al.
 2025, arXiv:2503.16870, on the bias of top-k targets, which the tail bucket reduces).
 """
@@ -103,13 +105,13 @@ def cached_teacher_targets(
     return TeacherTargets(torch.from_numpy(arrays["indices"]), torch.from_numpy(arrays["logp"]), float(temperature)), bool(computed)
 
 
-def sparse_kl(student_logits: torch.Tensor, indices: torch.Tensor, teacher_logp: torch.Tensor, temperature: float) -> torch.Tensor:
+def sparse_kl(student_logp: torch.Tensor, indices: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
     """Mean per-position ``KL(p_t ‖ p_s)`` over the teacher's top-k tokens plus one "other" outcome.
 
-    ``student_logits`` (B, T, V); ``indices``/``teacher_logp`` (B, T, k) from ``TeacherTargets``.
+    ``student_logp`` (B, T, V): the student's log-softmax at the targets' temperature (at T = 1 the
+    same tensor serves the cross-entropy); ``indices``/``teacher_logp`` (B, T, k) from ``TeacherTargets``.
     """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    s_top = log_p_s.gather(-1, indices)  # (B, T, k)
+    s_top = student_logp.gather(-1, indices)  # (B, T, k)
     p_t = teacher_logp.exp()
     head = (p_t * (teacher_logp - s_top)).sum(-1)
     tail_t = (1 - p_t.sum(-1)).clamp_min(0)

@@ -219,23 +219,25 @@ class RecipeTrainer:
             grab_s = _Grab(s_mods)
             grab_t = _Grab([decoder_layers(self.teacher)[t] for _, t in self.cuts])
         try:
-            logits = self.model(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
+            logits = self.model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
             parts: dict[str, float] = {}
             vocab = logits.shape[-1]
             next_ids = ids[:, 1:]  # (B, T-1)
             total = logits.new_zeros(())
+            temp = cfg.kd_temperature
+            log_p = F.log_softmax(logits, dim=-1)  # one full-vocabulary pass for the CE and, at T = 1, the KL
             ce_w = 1.0 - cfg.kd_weight if self.recipe.distill else 1.0
             if ce_w > 0:
-                ce = F.cross_entropy(logits.reshape(-1, vocab).float(), next_ids.reshape(-1))
+                ce = F.nll_loss(log_p.reshape(-1, vocab), next_ids.reshape(-1))
                 total = total + ce_w * ce
                 parts["ce"] = float(ce.detach())
             if self.recipe.distill:
-                temp = cfg.kd_temperature
                 if cfg.kd_top_k:
                     if targets is None:
                         raise ValueError("kd_top_k > 0: pass the batch's cached teacher targets (TeacherTargets.rows)")
                     indices, t_logp = (t.to(logits.device) for t in targets)
-                    kl = sparse_kl(logits, indices, t_logp, temp)
+                    log_p_t = log_p if temp == 1.0 else F.log_softmax(logits / temp, dim=-1)
+                    kl = sparse_kl(log_p_t, indices, t_logp)
                 else:
                     with torch.no_grad():
                         t_logits = self.teacher(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
