@@ -145,11 +145,10 @@ def test_sparse_kl_is_the_full_kl_over_all_tokens_and_a_lower_bound_below():
     assert abs(float(sparse_kl(torch.log_softmax(student / 2.0, -1), same.indices, same.values))) < 1e-5
 
 
-def test_teacher_targets_are_cached_and_reused(setup):
+def test_teacher_targets_are_cached_and_reused(setup, tmp_path):
     teacher, _, _, train, _ = setup
-    digest = f"test-{torch.randint(0, 10**9, (1,)).item()}"  # a fresh cache entry
-    first, computed = cached_teacher_targets(teacher, train[:5], 2.0, 8, digest, "blocks", batch_size=2)
-    again, recomputed = cached_teacher_targets(teacher, train[:5], 2.0, 8, digest, "blocks", batch_size=2)
+    first, computed = cached_teacher_targets(teacher, train[:5], 2.0, 8, "digest", "blocks", batch_size=2, root=tmp_path)
+    again, recomputed = cached_teacher_targets(teacher, train[:5], 2.0, 8, "digest", "blocks", batch_size=2, root=tmp_path)
     assert computed and not recomputed
     assert torch.equal(first.indices, again.indices) and torch.equal(first.logp, again.logp)
     direct = torch.log_softmax(logits(teacher, train[:5])[:, :-1] / 2.0, -1).topk(8, -1)

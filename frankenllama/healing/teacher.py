@@ -22,6 +22,7 @@ what large-scale distillation pipelines do (e.g. Gemma 2, arXiv:2408.00118; see 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from frankenllama.cache import cached_arrays
+from frankenllama.paths import CACHE_DIR
 from frankenllama.models import model_device
 
 
@@ -86,6 +88,7 @@ def cached_teacher_targets(
     blocks_digest: str,
     batch_size: int = 4,
     progress: bool = False,
+    root: Path = CACHE_DIR,
 ) -> tuple[TeacherTargets, bool]:
     """``teacher_targets`` read from or written to the disk cache; returns ``(targets, computed_now)``.
 
@@ -101,7 +104,7 @@ def cached_teacher_targets(
         t = teacher_targets(teacher, blocks, temperature, top_k, batch_size, progress)
         return {"indices": t.indices.numpy(), "logp": t.logp.numpy()}
 
-    arrays = cached_arrays("teacher", key, compute)
+    arrays = cached_arrays("teacher", key, compute, root=root)
     return TeacherTargets(torch.from_numpy(arrays["indices"]), torch.from_numpy(arrays["logp"]), float(temperature)), bool(computed)
 
 
