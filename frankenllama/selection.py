@@ -59,7 +59,8 @@ class Strategy:
 
     ``select(scores, k)`` returns k unit ids (any order); ``granularity`` is ``"layer"`` or
     ``"sublayer"``; ``needs_model`` says whether it measures the model (ablation, gradients, search);
-    ``nested`` whether its choice at k always contains its choice at k−1.
+    ``nested`` whether its choice at k always contains its choice at k−1; ``search`` whether it
+    searches configurations with many forward passes per k (SLEB, swap search, BlockPruner).
     """
 
     select: Callable[[LayerScores, int], list[int]]
@@ -67,6 +68,7 @@ class Strategy:
     needs_model: bool = False
     nested: bool = False
     cite: str = ""
+    search: bool = False  # a search over configurations (many forward passes per k), not a ranking
 
 
 def check_k(k: int, num_layers: int, granularity: str = "layer") -> None:
@@ -138,13 +140,13 @@ STRATEGIES: dict[str, Strategy] = {
     "contiguous-nll": Strategy(contiguous_nll, needs_model=True, cite="best contiguous run by one-layer-out ΔNLL"),
     "reverse": Strategy(reverse, nested=True, cite="Lu et al. 2024, arXiv:2411.15558"),
     "sleb": Strategy(lambda ctx, k: ctx.greedy(k, "layer").chosen(k), needs_model=True, nested=True,
-                     cite="SLEB, Song et al. 2024, arXiv:2402.09025"),
+                     cite="SLEB, Song et al. 2024, arXiv:2402.09025", search=True),
     "swap-search": Strategy(lambda ctx, k: ctx.swap(k, [STRATEGIES[s].select(ctx, k) for s in SWAP_STARTS]).removed,
-                            needs_model=True, cite="multi-start swap search on the calibration loss"),
+                            needs_model=True, cite="multi-start swap search on the calibration loss", search=True),
     "sublayer-nll": Strategy(_top_k("sublayer-nll"), granularity="sublayer", needs_model=True,
                              cite="one-sub-block-out ablation"),
     "blockpruner": Strategy(lambda ctx, k: ctx.greedy(k, "sublayer").chosen(k), granularity="sublayer",
-                            needs_model=True, nested=True, cite="BlockPruner, Zhong et al. 2024, arXiv:2406.10594"),
+                            needs_model=True, nested=True, cite="BlockPruner, Zhong et al. 2024, arXiv:2406.10594", search=True),
 }
 
 

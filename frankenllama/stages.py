@@ -119,6 +119,7 @@ class PruningConfig:
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     ks: tuple[int, ...] = tuple(range(0, 13))
     sublayer_ks: tuple[int, ...] = (0, 3, 6, 9)  # the points of ``ks`` where sub-layer strategies are measured
+    search_ks: tuple[int, ...] | None = None  # the points of ``ks`` where search strategies are measured (None: all)
     batch_size: int = 4
     seed: int = 0
 
@@ -134,6 +135,12 @@ class PruningConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
+    @property
+    def greedy_steps(self) -> int | None:
+        """How far the nested greedy searches run: to the largest k where search strategies are measured."""
+        ks = [k for k in self.ks if self.search_ks is None or k in self.search_ks]
+        return max(ks, default=0) or None
+
 
 def _disk_store(model: str, scoring: ScoringConfig, seed: int):
     def store(kind: str, params: dict[str, Any], compute):
@@ -148,7 +155,7 @@ def scoring_context(config: PruningConfig) -> LayerScores:
     model, tokenizer = shared_model(config.similarity.model)
     calib = config.scoring.calib.blocks(tokenizer, model)
     return LayerScores(similarity_stage(config.similarity), model, calib, batch_size=config.scoring.batch_size,
-                       shortlist=config.scoring.shortlist, progress=True, greedy_steps=max(config.ks) or None,
+                       shortlist=config.scoring.shortlist, progress=True, greedy_steps=config.greedy_steps,
                        sublayer_blocks=config.scoring.sublayer_blocks, jackknife=config.scoring.taylor_jackknife,
                        store=_disk_store(config.similarity.model, config.scoring, config.seed))
 
@@ -191,6 +198,8 @@ def pruning_stage(config: PruningConfig) -> pd.DataFrame:
             sizes = unit_params(model, spec.granularity)
             started = time.perf_counter()
             ks = config.ks if spec.granularity == "layer" else tuple(k for k in config.ks if k in config.sublayer_ks)
+            if spec.search and config.search_ks is not None:
+                ks = tuple(k for k in ks if k in config.search_ks)
             for k in sorted(ks, reverse=spec.nested):  # a nested search runs once, to the largest k
                 if k == 0:
                     units: list[int] = []

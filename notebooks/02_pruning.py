@@ -13,13 +13,15 @@
 # %% tags=["parameters"]
 model = "smollm2-135m"  # registry name, local transformers folder or GGUF file
 corpus = "wiki-leads"  # corpus name or path to a text file
-block_len = 256  # tokens per block (calibration and evaluation)
+block_len = 256  # tokens per block (similarity statistics and evaluation)
 calib_blocks = 64  # calibration blocks of the similarity statistics, as in notebook 01 to share its cache
-score_blocks = 8  # calibration blocks for ablation, Taylor and the greedy searches (the first of the calib split)
+score_len = 128  # tokens per calibration block of the scores and searches below
+score_blocks = 8  # calibration blocks for ablation, Taylor and the searches (the first of the calib split): 1k tokens
 sublayer_blocks = 4  # of those, how many the sub-block (attention / MLP) measurements use
 eval_blocks = 16  # held-out eval blocks for perplexity: 16 x 256 = 4k tokens
 max_k = 12  # pruning curve from 0 to max_k removed layers ...
 k_step = 3  # ... every k_step layers (1 = every k, about 3x the evaluation time)
+search_ks = (3, 6, 9)  # where the searching strategies (SLEB, swap search, BlockPruner) are run: each k costs minutes
 shortlist = 8  # greedy searches re-score only the 8 best candidates of the previous step (0 = exact)
 sublayer_search = False  # also run BlockPruner's greedy search over the 60 sub-blocks (slow on a CPU)
 n_boot = 1000  # bootstrap resamples for the rank-correlation intervals
@@ -73,20 +75,21 @@ from frankenllama.stages import (
 from frankenllama.tables import write_table
 
 if smoke:
-    calib_blocks, block_len, score_blocks, sublayer_blocks, eval_blocks = 4, 64, 2, 2, 2
-    max_k, k_step, n_boot, stability_draws, search_draws = 2, 1, 50, 3, 1
+    calib_blocks, block_len, score_len, score_blocks, sublayer_blocks, eval_blocks = 4, 64, 64, 2, 2, 2
+    max_k, k_step, n_boot, stability_draws, search_draws, search_ks = 2, 1, 50, 3, 1, (1, 2)
 set_style()
 out = figures_dir(smoke)
 strategies = tuple(s for s in STRATEGIES if sublayer_search or s != "blockpruner")
 ks = tuple(sorted({0, *range(k_step, max_k + 1, k_step), *[k for k in (3, 6, 9) if k <= max_k]}))
 config = PruningConfig(
     similarity=SimilarityConfig(model, DataConfig(corpus, "calib", block_len, calib_blocks), 8, seed),
-    scoring=ScoringConfig(DataConfig(corpus, "calib", block_len, score_blocks), batch_size, shortlist or None,
+    scoring=ScoringConfig(DataConfig(corpus, "calib", score_len, score_blocks), batch_size, shortlist or None,
                           sublayer_blocks=sublayer_blocks),
     eval_data=DataConfig(corpus, "eval", block_len, eval_blocks),
     strategies=strategies,
     ks=ks,
     sublayer_ks=ks if smoke else (0, 3, 6, 9),
+    search_ks=tuple(search_ks),
     batch_size=batch_size,
     seed=seed,
 )
