@@ -31,7 +31,7 @@ from frankenllama.efficiency import SpeedConfig, compare_efficiency
 from frankenllama.fidelity import DEFAULT_PROMPTS, generations_side_by_side, next_token_fidelity
 from frankenllama.models import DEFAULT_MODEL, decoder_layers, load_model, model_folder
 from frankenllama.perplexity import perplexity
-from frankenllama.plotting import COLUMN_WIDTH, PALETTE, TEXT_WIDTH, save_figure
+from frankenllama.plotting import COLUMN_WIDTH, PALETTE, TEXT_WIDTH, save_figure, series_style
 from frankenllama.tasks import DEFAULT_TASKS, TASKS, TaskEvalConfig, evaluate_tasks
 from frankenllama.variants import META_FILE, VariantInfo, list_variants, load_variant
 
@@ -228,9 +228,11 @@ def pareto_figure(table: pd.DataFrame, out_dir: Path, name: str = "pareto_accura
     for ax, (col, label) in zip(axes, panels):
         data = table[[col, "average"]].dropna()
         x, y = data[col].to_numpy(float), data["average"].to_numpy(float)
-        for i, (model, row) in enumerate(data.iterrows()):
-            color = PALETTE[7] if model == BASELINE else PALETTE[i % 7]
-            ax.scatter(row[col], row["average"], color=color, s=28, zorder=3, label=model)
+        for i, (model, row) in enumerate(data.drop(index=BASELINE, errors="ignore").iterrows()):
+            ax.scatter(row[col], row["average"], s=28, zorder=3, label=model, **series_style(i, "scatter"))
+        if BASELINE in data.index:
+            ax.scatter(data.loc[BASELINE, col], data.loc[BASELINE, "average"], color=PALETTE[-1], marker="*", s=60,
+                       zorder=3, label=BASELINE)
         if len(data) > 1:
             front = _pareto_front(x, y)
             ax.plot(x[front], y[front], color="0.6", lw=1, zorder=2, ls="--")
@@ -253,7 +255,8 @@ def retention_figure(table: pd.DataFrame, out_dir: Path, name: str = "task_reten
     width = 0.8 / max(len(variants), 1)
     for i, model in enumerate(variants):
         retained = 100 * table.loc[model, tasks] / table.loc[BASELINE, tasks]
-        ax.bar(np.arange(len(tasks)) + (i - (len(variants) - 1) / 2) * width, retained, width, label=model, color=PALETTE[i % 7])
+        ax.bar(np.arange(len(tasks)) + (i - (len(variants) - 1) / 2) * width, retained, width, label=model,
+               linewidth=0, **series_style(i, "bar"))
     ax.axhline(100, color="0.3", lw=0.8)
     ax.set_xticks(np.arange(len(tasks)), [TASKS[t].title if t in TASKS else t for t in tasks], rotation=30, ha="right")
     ax.set_ylabel("accuracy retained (%)")

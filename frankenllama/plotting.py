@@ -15,6 +15,21 @@ PALETTE: list[str] = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#5
 COLUMN_WIDTH = 3.4  # inches
 TEXT_WIDTH = 7.0  # inches
 SEQUENTIAL_CMAP = "viridis"
+HATCHES = ("", "///", "...", "xxx")
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
+
+
+def series_style(i: int, kind: str = "line") -> dict[str, str]:
+    """Matplotlib style of the i-th series: the colours of ``PALETTE`` but black (kept for references),
+    then, past seven series, the same colours again with another hatch (bars) or marker (scatter)."""
+    colors = PALETTE[:-1]
+    cycle = i // len(colors)
+    style = {"color": colors[i % len(colors)]}
+    if kind == "bar":
+        style |= {"hatch": HATCHES[cycle % len(HATCHES)], "edgecolor": "white"}
+    elif kind == "scatter":
+        style["marker"] = MARKERS[cycle % len(MARKERS)]
+    return style
 
 
 def set_style() -> None:

@@ -110,6 +110,12 @@ pd.DataFrame(
 # %%
 table = comparison_table(stage, metric)
 write_table(table.reset_index(), out, "final_comparison", caption=f"Final comparison ({metric}, {limit or 'all'} items per task).")
+if limit:
+    display(Markdown(
+        f"With {limit} items per task, one task's accuracy has a standard error of up to {50 / limit**0.5:.0f} points and "
+        f"the average over {len(task_names)} tasks about {50 / (limit * len(task_names))**0.5:.0f}: differences below that "
+        "are noise, and per-task retention can exceed 100 %. For the thesis table run with `limit = 0` (every item: hours "
+        "on a CPU, minutes on a GPU)."))
 table.round(2)
 
 # %% [markdown]
