@@ -601,7 +601,8 @@ def greedy_removal(
                 continue
             value = float(total.sum())
             scores[u] = value / count
-            best_total = min(best_total, value) if bounded else best_total
+            if bounded:
+                best_total = min(best_total, value)
         best = min(scores, key=lambda u: (scores[u], u))
         removed.append(best)
         losses.append(scores[best])
@@ -673,9 +674,11 @@ def swap_search(
     for _ in tqdm(range(max_rounds), desc="swap search", disable=not progress, leave=False):
         kept_neighbours = sorted({n for r in removed for n in (r - 1, r + 1) if 0 <= n < L and n not in removed})
         trials: dict[tuple[int, int], float] = {}
+        best = current
         for r in removed:
             for c in kept_neighbours:  # a trial that cannot beat the best so far is abandoned early (exact)
-                trials[(r, c)] = loss(sorted(set(removed) - {r} | {c}), bound=min([current, *trials.values()]))
+                trials[(r, c)] = loss(sorted(set(removed) - {r} | {c}), bound=best)
+                best = min(best, trials[(r, c)])
         (r, c), value = min(trials.items(), key=lambda item: (item[1], item[0]))
         if value >= current:
             break

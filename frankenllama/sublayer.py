@@ -39,7 +39,6 @@ from frankenllama.surgery import SUBLAYER_KEY, drop_layers, renumber_layers
 
 ATTN, MLP = 0, 1
 PARTS = ("attn", "mlp")
-RECORD_KEY = SUBLAYER_KEY
 
 
 class RemovedAttention(nn.Module):
@@ -104,7 +103,7 @@ def _apply(model: PreTrainedModel, attn: Iterable[int], mlp: Iterable[int]) -> N
         layers[i].mlp = RemovedMLP()
         layers[i].post_attention_layernorm = nn.Identity()
     record = dict(getattr(model.config, "frankenllama", None) or {})
-    record[RECORD_KEY] = removed_sublayers(model)
+    record[SUBLAYER_KEY] = removed_sublayers(model)
     model.config.frankenllama = record
     renumber_layers(model)
 
@@ -143,7 +142,7 @@ def restore_sublayers(model: PreTrainedModel, missing_keys: Iterable[str] | None
     ``from_pretrained``), checks that exactly the removed sub-blocks' weights were absent from the
     checkpoint. A model without the record is returned unchanged.
     """
-    record = (getattr(model.config, "frankenllama", None) or {}).get(RECORD_KEY)
+    record = (getattr(model.config, "frankenllama", None) or {}).get(SUBLAYER_KEY)
     if not record:
         return model
     layers = decoder_layers(model)
@@ -195,7 +194,7 @@ def load_sublayer_pruned(
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    if (config.get("frankenllama") or {}).get(RECORD_KEY):
+    if (config.get("frankenllama") or {}).get(SUBLAYER_KEY):
         restore_sublayers(model, info["missing_keys"])
     model.to(target).eval()
     return model, load_tokenizer(folder)

@@ -276,11 +276,12 @@ def heal(
         calib_n = max(1, min(len(calib_blocks), -(-config.patch_tokens // calib_blocks.shape[1])))
         calib_blocks = calib_blocks[:calib_n]
 
+    teacher_digest = model_digest(teacher) if config.distills else None
     fingerprint = _fingerprint(
         config,
         {
             "student": model_digest(student),
-            "teacher": model_digest(teacher) if config.distills else None,
+            "teacher": teacher_digest,
             "train": tensor_digest(train_blocks) if trained is not None else None,
             "calib": tensor_digest(calib_blocks) if config.patches else None,
             "eval": tensor_digest(eval_blocks),
@@ -333,7 +334,7 @@ def heal(
             used = torch.cat([batch_indices(s, config.batch_size, len(train_blocks), config.seed) for s in range(n_steps)])
             rows = used.unique()  # sorted block ids
             targets, computed = cached_teacher_targets(
-                teacher, train_blocks[rows], config.kd_temperature, config.kd_top_k, model_digest(teacher),
+                teacher, train_blocks[rows], config.kd_temperature, config.kd_top_k, teacher_digest,
                 tensor_digest(train_blocks[rows]), batch_size=eval_batch_size, progress=progress)
             position = torch.full((len(train_blocks),), -1, dtype=torch.long)
             position[rows] = torch.arange(len(rows))

@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from frankenllama.cache import cached_arrays
-from frankenllama.paths import CACHE_DIR
 from frankenllama.models import model_device
+from frankenllama.paths import CACHE_DIR
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,10 @@ def sparse_kl(student_logp: torch.Tensor, indices: torch.Tensor, teacher_logp: t
     return (head + tail).mean()
 
 
-def full_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean per-position full-vocabulary ``KL(p_t^T ‖ p_s^T)`` (the online teacher's loss)."""
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(-1).mean()
+def full_kl(student_logp: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean per-position full-vocabulary ``KL(p_t^T ‖ p_s^T)`` (the online teacher's loss).
 
+    ``student_logp``: the student's log-softmax at ``temperature``, as for ``sparse_kl``.
+    """
+    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(student_logp, log_p_t, log_target=True, reduction="none").sum(-1).mean()

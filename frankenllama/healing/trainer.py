@@ -232,16 +232,16 @@ class RecipeTrainer:
                 total = total + ce_w * ce
                 parts["ce"] = float(ce.detach())
             if self.recipe.distill:
+                log_p_temp = log_p if temp == 1.0 else F.log_softmax(logits / temp, dim=-1)
                 if cfg.kd_top_k:
                     if targets is None:
                         raise ValueError("kd_top_k > 0: pass the batch's cached teacher targets (TeacherTargets.rows)")
                     indices, t_logp = (t.to(logits.device) for t in targets)
-                    log_p_t = log_p if temp == 1.0 else F.log_softmax(logits / temp, dim=-1)
-                    kl = sparse_kl(log_p_t, indices, t_logp)
+                    kl = sparse_kl(log_p_temp, indices, t_logp)
                 else:
                     with torch.no_grad():
                         t_logits = self.teacher(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
-                    kl = full_kl(logits, t_logits, temp)
+                    kl = full_kl(log_p_temp, t_logits, temp)
                 total = total + cfg.kd_weight * temp**2 * kl
                 parts["kd"] = float(kl.detach())
                 if self.cuts:
