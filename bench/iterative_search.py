@@ -11,11 +11,13 @@ model (each search run ``--repeats`` times alternately; the fastest run of each 
 Prefix reuse alone is bounded below 2×: the blocks run per step fall from L(L−1) to L(L−1)/2, but
 every candidate still pays the LM head (for SmolLM2, 49k × 576, about the cost of 4 blocks). The
 third run adds an exact bound (the workbook's default): candidates are tried most promising first,
-and one is abandoned as soon as its NLL summed over the calibration batches done so far exceeds the
-best complete total of the step (NLL is non-negative, so nothing that could win is cut). The fourth
-adds what the previous step already knows: after the first step only the ``--shortlist`` candidates
-that were best at the previous step are re-scored (the workbook's notebook default). That one is an
-approximation, so the script checks its choices against the exact naive search as well.
+and one is abandoned as soon as its total NLL is sure to exceed the best complete total of the
+step. The test is a lower bound from the LM-head rows of ~4k tokens only (logsumexp over a subset
+of the vocabulary never exceeds logsumexp over all of it), so most candidates never pay the full
+head, and nothing that could win is cut. The fourth adds what the previous step already knows:
+after the first step only the ``--shortlist`` candidates that were best at the previous step are
+re-scored (the workbook's notebook default). That one is an approximation, so the script checks
+its choices against the exact naive search as well.
 
     .venv/bin/python bench/iterative_search.py [--blocks 8] [--block-len 128] [--steps 2]
 """

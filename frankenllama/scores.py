@@ -35,6 +35,7 @@ Calibration blocks are full-length token blocks (no padding), as ``frankenllama.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -54,6 +55,8 @@ from frankenllama.similarity import LayerSimilarity, layer_similarity
 Granularity = Literal["layer", "sublayer"]
 GRANULARITIES: tuple[str, ...] = ("layer", "sublayer")
 ATTN, MLP = 0, 1  # sub-block id = 2 * layer + part
+BOUND_VOCAB = 4096  # tokens scored by the searches' NLL lower bound (besides the targets); see ``Trunk.total_nll``
+_ROUNDING = 1e-5  # relative margin for float32 rounding when a lower bound is compared with an exact total
 
 
 class UnknownScoreError(KeyError):
@@ -100,12 +103,16 @@ class Trunk:
     which is what the physically pruned model (``frankenllama.sublayer``) computes.
     """
 
-    def __init__(self, model: nn.Module, input_ids: torch.Tensor, batch_size: int = 4):
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, batch_size: int = 4, bound_vocab: int = BOUND_VOCAB):
         if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] < 2:
             raise ValueError(f"expected token blocks of shape (N >= 1, T >= 2), got {tuple(input_ids.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if bound_vocab < 0:
+            raise ValueError(f"bound_vocab must be non-negative (0: no vocabulary bound), got {bound_vocab}")
         self.model = model
+        self.bound_vocab = bound_vocab
+        self._shortlist: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
         self.layers = decoder_layers(model)
         self.num_layers = len(self.layers)
         self.device = model_device(model)
@@ -163,18 +170,95 @@ class Trunk:
         return self.model.lm_head(h).float()
 
     def nll(self, x: torch.Tensor, b: int) -> torch.Tensor:
-        """Per-sample sum of next-token NLL (nats), float64, shape (B,)."""
+        """Per-sample sum of next-token NLL (nats), float64, shape (B,), of the streams ``x`` leaving the last block."""
+        return self._head_nll(self.model.model.norm(x[:, :-1]), b)
+
+    def _head_nll(self, h: torch.Tensor, b: int) -> torch.Tensor:
         ids = self.batches[b].ids
         out = torch.empty(len(ids), dtype=torch.float64)
         for i in range(len(ids)):  # one sample at a time bounds the (T, V) logits in memory
-            logits = self.model.lm_head(self.model.model.norm(x[i, :-1])).float()  # (T-1, V)
+            logits = self.model.lm_head(h[i]).float()  # (T-1, V)
             out[i] = F.cross_entropy(logits, ids[i, 1:], reduction="sum").double().cpu()
         return out
+
+    def _vocab(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The lower bound's tokens: LM-head rows, bias and each calibration target's row among them.
+
+        The targets of the calibration blocks plus the ``bound_vocab`` tokens to which the current
+        model (the cached streams leaving the last block) gives the most probability in total.
+        """
+        if self._shortlist is None:
+            assert self.states is not None, "call refresh() first"
+            head = self.model.lm_head
+            mass = torch.zeros(head.weight.shape[0], dtype=torch.float64, device=self.device)
+            for b in range(len(self.batches)):
+                h = self.model.model.norm(self.states[self.num_layers][b][:, :-1])
+                for i in range(len(h)):
+                    mass += head(h[i]).float().softmax(-1).sum(0).double()
+            targets = self.input_ids[:, 1:].reshape(-1).to(self.device)
+            top = mass.topk(min(self.bound_vocab, len(mass))).indices
+            tokens = torch.unique(torch.cat([targets, top]))
+            where = torch.full((len(mass),), -1, dtype=torch.long, device=self.device)
+            where[tokens] = torch.arange(len(tokens), device=self.device)
+            bias = None if head.bias is None else head.bias[tokens]
+            self._shortlist = (head.weight[tokens].contiguous(), bias, where)
+        return self._shortlist
+
+    def _nll_lower_bound(self, h: torch.Tensor, b: int) -> torch.Tensor:
+        """A lower bound of ``_head_nll(h, b)`` (B,), from the LM-head rows of a few thousand tokens only.
+
+        For any token set S holding the target y, ``logsumexp_S z ≤ logsumexp_V z``, so
+        ``logsumexp_S z − z_y ≤ −log p(y)``: exact arithmetic never overestimates a candidate's NLL.
+        """
+        weight, bias, where = self._vocab()
+        targets = where[self.batches[b].ids[:, 1:]]  # (B, T-1) rows of the targets in the shortlist
+        out = torch.empty(len(h), dtype=torch.float64)
+        for i in range(len(h)):
+            z = F.linear(h[i], weight, bias).float()  # (T-1, |S|)
+            out[i] = (z.logsumexp(-1) - z.gather(-1, targets[i, :, None])[:, 0]).double().sum().cpu()
+        return out
+
+    @torch.no_grad()
+    def total_nll(self, final: Callable[[int], torch.Tensor], bound: float = math.inf) -> torch.Tensor | None:
+        """Per-sample NLL sums (N,) of the streams ``final(b)`` leaving the last block, batch by batch.
+
+        ``bound``: return ``None`` as soon as the NLL summed over all samples is sure to exceed it.
+        Each batch first gets the vocabulary lower bound (``_nll_lower_bound``, a fraction of the LM
+        head's cost); the full LM head runs only if the lower bounds of all batches together stay
+        under ``bound``, then batch by batch while what is exact so far plus the lower bounds of the
+        rest stay under it. NLL is non-negative and the bounds never exceed it, so nothing that
+        could come in under ``bound`` is cut; a total above it may still be returned complete.
+        ``bound_vocab = 0`` checks the exact partial sums only. An infinite bound computes exactly.
+        """
+        n = len(self.batches)
+        if math.isinf(bound) or self.bound_vocab == 0:
+            out, partial = [], 0.0
+            for b in range(n):
+                out.append(self.nll(final(b), b))
+                partial += float(out[-1].sum())
+                if partial > bound and b < n - 1:
+                    return None
+            return torch.cat(out)
+        limit = bound + _ROUNDING * abs(bound)  # float32 logits: never cut on rounding alone
+        hidden, lower = [], []
+        for b in range(n):
+            hidden.append(self.model.model.norm(final(b)[:, :-1]))
+            lower.append(float(self._nll_lower_bound(hidden[-1], b).sum()))
+            if sum(lower) > limit:
+                return None
+        out, rest = [], sum(lower)
+        for b in range(n):
+            out.append(self._head_nll(hidden[b], b))
+            rest += float(out[-1].sum()) - lower[b]
+            if rest > limit and b < n - 1:
+                return None
+        return torch.cat(out)
 
     @torch.no_grad()
     def refresh(self, mask: np.ndarray, from_layer: int = 0, progress: bool = False) -> None:
         """Set the removal mask and recompute the cached streams entering blocks ``from_layer`` … L."""
         self.mask = np.array(mask, dtype=bool)
+        self._shortlist = None  # the lower bound's tokens follow the current model
         if self.states is None:
             from_layer = 0
             self.states = [[torch.empty(0)] * len(self.batches) for _ in range(self.num_layers + 1)]
@@ -189,22 +273,14 @@ class Trunk:
     def candidate_nll(self, unit: int, granularity: Granularity, bound: float = math.inf) -> torch.Tensor | None:
         """Per-sample NLL sums (N,) with ``unit`` bypassed on top of the current mask, from the cached stream.
 
-        ``bound``: give up (return ``None``) as soon as the NLL summed over the batches done so far
-        exceeds it while batches remain. NLL sums are non-negative, so a candidate abandoned this way has a total above
-        ``bound`` too; the search passes the best complete total so far and loses nothing.
+        ``bound``: give up (return ``None``) once the total is sure to exceed it (``total_nll``); the
+        search passes the best complete total so far and loses nothing.
         """
         assert self.states is not None, "call refresh() first"
         layer = unit if granularity == "layer" else unit // 2
         first = (False, False) if granularity == "layer" else (
             (False, not self.mask[layer, MLP]) if unit % 2 == ATTN else (not self.mask[layer, ATTN], False))
-        out, partial = [], 0.0
-        for b in range(len(self.batches)):
-            x = self.run(self.states[layer][b], b, layer, self.mask, first=first)
-            out.append(self.nll(x, b))
-            partial += float(out[-1].sum())
-            if partial > bound and b < len(self.batches) - 1:  # a complete total is returned even when above
-                return None
-        return torch.cat(out)
+        return self.total_nll(lambda b: self.run(self.states[layer][b], b, layer, self.mask, first=first), bound)
 
     @torch.no_grad()
     def block_influence(self) -> np.ndarray:
@@ -222,18 +298,12 @@ class Trunk:
         """Per-sample NLL sums (N,) of the model with removal ``mask``, starting from the first removed block.
 
         Uses the streams cached for the *unpruned* model (``refresh`` with an empty mask): every block
-        before the first removed one sees exactly the unpruned stream. ``bound`` as in ``candidate_nll``.
+        before the first removed one sees exactly the unpruned stream. ``bound`` as in ``total_nll``.
         """
         assert self.states is not None and not self.mask.any(), "call refresh(empty mask) first"
         removed = np.flatnonzero(mask.any(axis=1))
         start = int(removed[0]) if len(removed) else self.num_layers
-        out, partial = [], 0.0
-        for b in range(len(self.batches)):
-            out.append(self.nll(self.run(self.states[start][b], b, start, mask), b))
-            partial += float(out[-1].sum())
-            if partial > bound and b < len(self.batches) - 1:
-                return None
-        return torch.cat(out)
+        return self.total_nll(lambda b: self.run(self.states[start][b], b, start, mask), bound)
 
     def n_predictions(self) -> np.ndarray:
         """Predictions per sample, (N,): every position but the first."""
@@ -530,6 +600,7 @@ def greedy_removal(
     start: Sequence[int] = (),
     first: np.ndarray | None = None,
     bounded: bool = True,
+    bound_vocab: int = BOUND_VOCAB,
     progress: bool = False,
 ) -> GreedyResult:
     """Iteratively remove the unit whose removal raises the calibration NLL least, re-scoring after each step.
@@ -544,14 +615,19 @@ def greedy_removal(
             the candidate removed (blocks are dropped from the model without copying; sub-blocks are
             bypassed by the same trunk code from the embeddings). Both choose the same units.
         bounded: (cached search only) evaluate the candidates most promising first and abandon one as
-            soon as its NLL summed over the calibration batches done so far exceeds the best complete
-            total of this step (``Trunk.candidate_nll``'s ``bound``). NLL sums are non-negative, so
-            the choice is exactly the same; catastrophic candidates (typically the first and last
-            blocks, which are also the dearest to evaluate from the cache) stop after a batch or two.
-            Finer batches (smaller ``batch_size``) give the bound more chances to cut.
+            soon as its total NLL is sure to exceed the best complete total of this step
+            (``Trunk.total_nll``): a lower bound from a few thousand LM-head rows, batch by batch,
+            and the full 49k-row head only for a candidate that might still win. The bounds never
+            exceed the NLL, so the choice is exactly the same; catastrophic candidates (typically
+            the first and last blocks, which are also the dearest to evaluate from the cache) stop
+            after a batch or two, and most others never pay the full LM head.
+        bound_vocab: tokens the lower bound scores besides the targets (``Trunk``; 0: only the
+            exact partial sums are compared with the bound).
         shortlist: after the first step, evaluate only the ``shortlist`` candidates that scored best at
-            the previous step (an approximation; ``None`` is the exact search). Candidates the bound
-            abandoned rank after every completed one.
+            the previous step (an approximation; ``None`` is the exact search). With ``bounded``, a
+            step whose candidates outnumber the shortlist completes its best ``shortlist + 1``
+            exactly, and candidates the bound abandoned rank after every completed one, so the
+            shortlists (and choices) are those of the unbounded search.
         start: units already removed (a previous, shorter run of the same search) to continue from.
         first: the mean calibration NLL with each unit removed alone, (U,), when already known from
             ``ablation_scan`` on the same blocks: the first step reads it instead of re-measuring.
@@ -562,7 +638,7 @@ def greedy_removal(
         raise ValueError(f"steps = {steps} is outside 1 … {U - 1} for {U} {granularity} units")
     if shortlist is not None and shortlist < 1:
         raise ValueError(f"shortlist must be positive or None, got {shortlist}")
-    trunk = Trunk(model, input_ids, batch_size)
+    trunk = Trunk(model, input_ids, batch_size, bound_vocab=bound_vocab)
     count = float(trunk.n_predictions().sum())
     bounded = bounded and cached
     removed: list[int] = list(start)
@@ -582,7 +658,8 @@ def greedy_removal(
     for _ in tqdm(range(len(removed), steps), desc=f"greedy ({granularity})", disable=not progress, leave=False):
         candidates = [u for u in range(U) if u not in removed]
         if shortlist is not None and previous:
-            candidates = sorted(candidates, key=lambda u: previous.get(u, math.inf))[:shortlist]
+            # abandoned candidates (known to be worse than every complete one) before unevaluated ones
+            candidates = sorted(candidates, key=lambda u: (u not in previous, previous.get(u, math.inf)))[:shortlist]
         scores: dict[int, float] = {}
         if first is not None and not removed:
             scores = {u: float(first[u]) for u in candidates}
@@ -590,19 +667,23 @@ def greedy_removal(
         if bounded:  # most promising first: the previous step's scores, else Block Influence of the current model
             hint = previous or dict(enumerate(trunk.block_influence() if granularity == "layer" else np.zeros(U)))
             candidates = sorted(candidates, key=lambda u: (hint.get(u, math.inf), u))
-        best_total, cut = math.inf, 0
+        # The bound is the keep-th best complete total: the next step's shortlist needs the exact
+        # ranks of the best shortlist + 1 candidates, unless every candidate makes it anyway.
+        keep = 1 if shortlist is None or len(candidates) <= shortlist + 1 else shortlist + 1
+        complete: list[float] = []  # totals of the candidates evaluated in full, ascending
+        cut = 0
         for u in candidates:
             if cached:
-                total = trunk.candidate_nll(u, granularity, bound=best_total)
+                bound = complete[keep - 1] if len(complete) >= keep else math.inf
+                total = trunk.candidate_nll(u, granularity, bound=bound if bounded else math.inf)
             else:
                 total = _naive_nll(trunk, model, removed + [u], granularity)
-            if total is None:  # abandoned: its loss exceeds the best complete one
+            if total is None:  # abandoned: its loss exceeds the best complete one(s)
                 cut += 1
                 continue
             value = float(total.sum())
             scores[u] = value / count
-            if bounded:
-                best_total = min(best_total, value)
+            bisect.insort(complete, value)
         best = min(scores, key=lambda u: (scores[u], u))
         removed.append(best)
         losses.append(scores[best])

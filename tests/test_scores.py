@@ -120,25 +120,49 @@ def test_greedy_with_and_without_cache_picks_the_same_units(model, granularity, 
     assert seeded.order == cached.order
     resumed = greedy_removal(model, ids, steps, granularity, batch_size=2, start=cached.order[:2])
     assert resumed.order == cached.order
-    # the bound (checked after every block at batch size 1) changes nothing but the work done
+    # the bound (checked after every block at batch size 1) changes nothing but the work done,
+    # with or without the vocabulary lower bound (a handful of tokens: loose; all 128: tight)
     exact = greedy_removal(model, ids, steps, granularity, batch_size=1, bounded=False)
-    bounded = greedy_removal(model, ids, steps, granularity, batch_size=1, bounded=True)
-    assert bounded.order == exact.order == cached.order and bounded.nll == exact.nll
-    assert not any(exact.abandoned) and len(bounded.abandoned) == steps
+    assert not any(exact.abandoned)
+    for vocab in (0, 4, 128):
+        bounded = greedy_removal(model, ids, steps, granularity, batch_size=1, bounded=True, bound_vocab=vocab)
+        assert bounded.order == exact.order == cached.order and bounded.nll == exact.nll
+        assert len(bounded.abandoned) == steps
+        assert vocab < 128 or sum(bounded.abandoned) > 0  # an exact "bound" cuts every candidate worse than the best
 
 
 def test_candidate_bound_abandons_only_above_it(model):
     ids = blocks(4)
-    trunk = Trunk(model, ids, batch_size=1)
-    trunk.refresh(np.zeros((6, 2), dtype=bool))
-    total = trunk.candidate_nll(2, "layer")
-    assert total is not None and len(total) == 4
-    assert trunk.candidate_nll(2, "layer", bound=float(total.sum()) * (1 + 1e-9)) is not None
-    assert trunk.candidate_nll(2, "layer", bound=float(total[:3].sum()) * 0.999) is None  # cut at the 3rd block
-    assert trunk.candidate_nll(2, "layer", bound=0.0) is None
-    assert torch.equal(trunk.candidate_nll(2, "layer", bound=float(total.sum()) * 0.999), total)  # complete: kept
+    for vocab in (0, 8, 128):  # exact partial sums only; a lower bound from 8 (+ target) tokens; all 128 tokens
+        trunk = Trunk(model, ids, batch_size=1, bound_vocab=vocab)
+        trunk.refresh(np.zeros((6, 2), dtype=bool))
+        total = trunk.candidate_nll(2, "layer")
+        assert total is not None and len(total) == 4
+        assert torch.equal(trunk.candidate_nll(2, "layer", bound=float(total.sum()) * (1 + 1e-9)), total)
+        assert trunk.candidate_nll(2, "layer", bound=float(total[:3].sum()) * 0.999) is None  # cut by the 3rd block
+        assert trunk.candidate_nll(2, "layer", bound=0.0) is None
+        near = trunk.candidate_nll(2, "layer", bound=float(total.sum()) * 0.999)
+        if vocab == 0:  # only partial sums are compared: a complete total is kept
+            assert torch.equal(near, total)
+        elif vocab == 128:  # the "bound" over the whole vocabulary is the exact NLL: cut before the head
+            assert near is None
     bi = trunk.block_influence()
     assert bi.shape == (6,) and np.all(bi >= -1e-6) and np.all(bi <= 2)
+
+
+def test_vocabulary_lower_bound_never_exceeds_the_nll(model):
+    ids = blocks(3)
+    for vocab, tight in ((4, False), (32, False), (128, True)):
+        trunk = Trunk(model, ids, batch_size=3, bound_vocab=vocab)
+        trunk.refresh(removal_mask([1], 6, "layer"))
+        h = model.model.norm(trunk.states[6][0][:, :-1])
+        exact, lower = trunk.nll(trunk.states[6][0], 0), trunk._nll_lower_bound(h, 0)
+        assert torch.all(lower <= exact + 1e-4), vocab
+        assert torch.allclose(lower, exact, atol=1e-3) == tight, vocab
+        weight, _, where = trunk._vocab()
+        assert len(weight) <= vocab + ids[:, 1:].unique().numel() and torch.all(where[ids[:, 1:]] >= 0)
+    with pytest.raises(ValueError, match="bound_vocab must be non-negative"):
+        Trunk(model, ids, bound_vocab=-1)
 
 
 def test_trunk_mask_nll_equals_the_pruned_model(model):
