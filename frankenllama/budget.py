@@ -138,11 +138,14 @@ def fit_budget(source: LayerScores, budget: Budget, strategy: str) -> BudgetFit:
             "(embeddings, head and norms stay)"
         )
     need = total - limit
-    descending = np.sort(sizes)[::-1]
-    k = int(np.searchsorted(np.cumsum(descending), need) + 1)  # fewest units that could remove enough
+    if spec.paired:  # k/2 blocks' worth of attention and MLP sub-blocks
+        blocks = np.sort(unit_params(model, "layer"))[::-1]
+        k, step = 2 * int(np.searchsorted(np.cumsum(blocks), need) + 1), 2
+    else:
+        k, step = int(np.searchsorted(np.cumsum(np.sort(sizes)[::-1]), need) + 1), 1  # fewest units that could remove enough
     while k <= U - 1:
         result = fit(select_layers(source, k, strategy))
         if result.num_params <= limit:
             return result
-        k += 1
+        k += step
     raise BudgetError(f"strategy {strategy!r} finds no configuration under {limit:,} parameters")

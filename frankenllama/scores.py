@@ -38,7 +38,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -295,14 +295,15 @@ class Trunk:
 
     @torch.no_grad()
     def mask_nll(self, mask: np.ndarray, bound: float = math.inf) -> torch.Tensor | None:
-        """Per-sample NLL sums (N,) of the model with removal ``mask``, starting from the first removed block.
+        """Per-sample NLL sums (N,) of the model with removal ``mask``, from the first block where it differs from the current mask.
 
-        Uses the streams cached for the *unpruned* model (``refresh`` with an empty mask): every block
-        before the first removed one sees exactly the unpruned stream. ``bound`` as in ``total_nll``.
+        Every block before that one sees exactly the cached stream (typically of the unpruned model:
+        ``refresh`` with an empty mask, so the run starts at the first removed block). ``bound`` as in
+        ``total_nll``.
         """
-        assert self.states is not None and not self.mask.any(), "call refresh(empty mask) first"
-        removed = np.flatnonzero(mask.any(axis=1))
-        start = int(removed[0]) if len(removed) else self.num_layers
+        assert self.states is not None, "call refresh() first"
+        changed = np.flatnonzero((np.asarray(mask, dtype=bool) != self.mask).any(axis=1))
+        start = int(changed[0]) if len(changed) else self.num_layers
         return self.total_nll(lambda b: self.run(self.states[start][b], b, start, mask), bound)
 
     def n_predictions(self) -> np.ndarray:
@@ -706,6 +707,15 @@ class SwapResult:
     swaps: list[tuple[int, int]]  # (put back, removed instead), in order
     start: list[int] = field(default_factory=list)  # the starting set the search improved (the best of those given)
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"removed": np.array(self.removed), "nll": np.array(self.nll), "start_nll": np.array(self.start_nll),
+                "swaps": np.array(self.swaps, dtype=np.int64).reshape(-1, 2), "start": np.array(self.start)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> SwapResult:
+        return cls([int(u) for u in arrays["removed"]], float(arrays["nll"]), float(arrays["start_nll"]),
+                   [(int(a), int(b)) for a, b in arrays["swaps"]], [int(u) for u in arrays["start"]])
+
 
 @torch.no_grad()
 def swap_search(
@@ -736,36 +746,113 @@ def swap_search(
         raise ValueError(f"start must name 1 … {L - 1} blocks, got {removed}")
     trunk = Trunk(model, input_ids, batch_size)
     trunk.refresh(np.zeros((L, 2), dtype=bool))
-    count = float(trunk.n_predictions().sum())
-
-    def loss(layers: Sequence[int], bound: float = math.inf) -> float:
-        total = trunk.mask_nll(removal_mask(layers, L, "layer"), bound=bound * count)
-        return math.inf if total is None else float(total.sum()) / count
-
+    loss = _calibration_loss(trunk, "layer")
     current = loss(removed)
     for other in alternatives:
         other = sorted(int(u) for u in other)
         if len(other) != len(removed):
             raise ValueError(f"every starting set must name {len(removed)} blocks, got {other}")
         if other != removed:
-            value = loss(other, bound=current)
+            value = loss(other, current)
             if value < current:
                 removed, current = other, value
-    begin, first, swaps = list(removed), current, []
+
+    def neighbours(removed: list[int]) -> Iterator[tuple[int, int]]:
+        kept = sorted({n for r in removed for n in (r - 1, r + 1) if 0 <= n < L and n not in removed})
+        return ((r, c) for r in removed for c in kept)
+
+    final, value, swaps = _descend(loss, removed, current, neighbours, max_rounds, progress)
+    return SwapResult(final, value, current, swaps, removed)
+
+
+@torch.no_grad()
+def part_swap_search(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    start: Sequence[int],
+    cost: np.ndarray,
+    width: int = 4,
+    parts: Sequence[int] = (ATTN,),
+    batch_size: int = 4,
+    max_rounds: int = 8,
+    progress: bool = False,
+) -> SwapResult:
+    """Improve a set of removed sub-blocks by same-kind swaps: put back the attention (or MLP) of one block, remove another's.
+
+    ``start`` and the result are sub-block ids (``2ℓ`` attention, ``2ℓ+1`` MLP of block ℓ), typically
+    the sub-blocks of the best whole-block choice. A swap never changes how many attention and MLP
+    sub-blocks are removed, so the pruned model keeps the same parameter count and compute. The
+    sub-blocks tried in place of a removed one are the ``width`` kept ones of the same kind with the
+    lowest ``cost`` (2L,), e.g. the one-sub-block-out ΔNLL; ``parts`` are the kinds swapped (``ATTN``
+    by default: attention sub-blocks are far more redundant than MLPs, He et al. 2024, "What Matters
+    in Transformers? Not All Attention is Needed", arXiv:2406.15786, and a whole-block choice removes
+    an attention that matters along with a cheap MLP). Steepest descent on the calibration NLL as in
+    ``swap_search``, from the unpruned model's cached streams, with the same exact bound.
+    """
+    L = len(decoder_layers(model))
+    removed = sorted({int(u) for u in start})
+    if not removed or not all(0 <= u < 2 * L for u in removed):
+        raise ValueError(f"start must name sub-blocks in 0 … {2 * L - 1}, got {removed}")
+    if np.shape(cost) != (2 * L,):
+        raise ValueError(f"cost must give one number per sub-block, shape ({2 * L},), got {np.shape(cost)}")
+    if width < 1 or not parts or not set(parts) <= {ATTN, MLP}:
+        raise ValueError(f"need width >= 1 and parts among ATTN = {ATTN}, MLP = {MLP}; got width {width}, parts {parts}")
+    trunk = Trunk(model, input_ids, batch_size)
+    trunk.refresh(np.zeros((L, 2), dtype=bool))
+    loss = _calibration_loss(trunk, "sublayer")
+
+    def same_kind(removed: list[int]) -> Iterator[tuple[int, int]]:
+        for part in parts:
+            kept = [u for u in range(part, 2 * L, 2) if u not in removed]
+            for c in sorted(kept, key=lambda u: (cost[u], u))[:width]:
+                # the trials that remove c share the stream up to the block whose sub-block they put back:
+                # cache it once (the trials then run from that block on, ``Trunk.mask_nll``)
+                mask = removal_mask([*removed, c], L, "sublayer")
+                changed = np.flatnonzero((mask != trunk.mask).any(axis=1))
+                if len(changed):
+                    trunk.refresh(mask, from_layer=int(changed[0]))
+                yield from ((r, c) for r in removed if r % 2 == part)
+
+    current = loss(removed)
+    final, value, swaps = _descend(loss, removed, current, same_kind, max_rounds, progress)
+    return SwapResult(final, value, current, swaps, removed)
+
+
+def _calibration_loss(trunk: Trunk, granularity: Granularity) -> Callable[..., float]:
+    """``loss(units, bound=inf)``: mean calibration NLL with ``units`` removed (``inf`` once sure to exceed ``bound``)."""
+    count = float(trunk.n_predictions().sum())
+
+    def loss(units: Sequence[int], bound: float = math.inf) -> float:
+        total = trunk.mask_nll(removal_mask(units, trunk.num_layers, granularity), bound=bound * count)
+        return math.inf if total is None else float(total.sum()) / count
+
+    return loss
+
+
+def _descend(
+    loss: Callable[..., float],
+    removed: list[int],
+    current: float,
+    moves: Callable[[list[int]], Iterable[tuple[int, int]]],
+    max_rounds: int,
+    progress: bool,
+) -> tuple[list[int], float, list[tuple[int, int]]]:
+    """Steepest descent over swaps ``(put back, remove instead)``: each round tries every move and applies the best if it helps."""
+    swaps: list[tuple[int, int]] = []
     for _ in tqdm(range(max_rounds), desc="swap search", disable=not progress, leave=False):
-        kept_neighbours = sorted({n for r in removed for n in (r - 1, r + 1) if 0 <= n < L and n not in removed})
         trials: dict[tuple[int, int], float] = {}
         best = current
-        for r in removed:
-            for c in kept_neighbours:  # a trial that cannot beat the best so far is abandoned early (exact)
-                trials[(r, c)] = loss(sorted(set(removed) - {r} | {c}), bound=best)
-                best = min(best, trials[(r, c)])
+        for r, c in moves(removed):  # a trial that cannot beat the best so far is abandoned early (exact)
+            trials[(r, c)] = loss(sorted(set(removed) - {r} | {c}), best)
+            best = min(best, trials[(r, c)])
+        if not trials:
+            break
         (r, c), value = min(trials.items(), key=lambda item: (item[1], item[0]))
         if value >= current:
             break
         removed, current = sorted(set(removed) - {r} | {c}), value
         swaps.append((r, c))
-    return SwapResult(removed, current, first, swaps, begin)
+    return removed, current, swaps
 
 
 @torch.no_grad()
@@ -952,13 +1039,23 @@ class LayerScores:
         others = sorted({tuple(sorted(int(u) for u in s)) for s in starts} - {tuple(start)})
 
         def compute() -> dict[str, np.ndarray]:
-            run = swap_search(self.model, self.calib, start, self.batch_size, progress=self.progress, alternatives=others)
-            return {"removed": np.array(run.removed), "nll": np.array(run.nll), "start_nll": np.array(run.start_nll),
-                    "swaps": np.array(run.swaps, dtype=np.int64).reshape(-1, 2), "start": np.array(run.start)}
+            return swap_search(self.model, self.calib, start, self.batch_size, progress=self.progress,
+                               alternatives=others).to_arrays()
 
-        arrays = self.store("swap", {"k": k, "start": start, "others": others, "batch_size": self.batch_size}, compute)
-        return SwapResult([int(u) for u in arrays["removed"]], float(arrays["nll"]), float(arrays["start_nll"]),
-                          [(int(a), int(b)) for a, b in arrays["swaps"]], [int(u) for u in arrays["start"]])
+        return SwapResult.from_arrays(self.store("swap", {"k": k, "start": start, "others": others, "batch_size": self.batch_size}, compute))
+
+    def part_swap(self, k: int, starts: Sequence[Sequence[int]] = (), width: int = 4) -> SwapResult:
+        """``part_swap_search`` from the sub-blocks of ``swap(k, starts)``'s k blocks, cost = one-sub-block-out ΔNLL (cached)."""
+        layers = self.swap(k, starts).removed
+        start = sorted(2 * l + part for l in layers for part in (ATTN, MLP))
+        cost = self.scan("sublayer").delta_nll()
+
+        def compute() -> dict[str, np.ndarray]:
+            return part_swap_search(self.model, self.calib, start, cost, width, batch_size=self.batch_size,
+                                    progress=self.progress).to_arrays()
+
+        params = {"k": k, "start": start, "width": width, "cost_blocks": self.sublayer_blocks, "batch_size": self.batch_size}
+        return SwapResult.from_arrays(self.store("part-swap", params, compute))
 
     def score(self, name: str) -> np.ndarray:
         """Importance of every unit under score ``name`` (a key of ``SCORES``); higher means keep."""

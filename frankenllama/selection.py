@@ -36,6 +36,12 @@ Sub-layer strategies (k counts sub-blocks):
 * ``"sublayer-nll"`` — the k sub-blocks of least one-sub-block-out ΔNLL.
 * ``"blockpruner"`` — iterative greedy over attention and MLP sub-blocks (BlockPruner, Zhong et al.
   2024, arXiv:2406.10594). Nested in k.
+* ``"part-swap"`` — the sub-blocks of swap-search's k/2 blocks, then swaps of one kind for the same
+  kind while the calibration NLL drops: put back the attention of a removed block, remove the
+  attention of a kept block instead (``frankenllama.scores.part_swap_search``). A whole-block
+  choice takes an attention that matters along with a cheap MLP; attention sub-blocks elsewhere
+  are far more redundant (He et al. 2024, arXiv:2406.15786). Every swap keeps as many attention
+  and MLP sub-blocks removed, so the model has exactly the size of k/2 blocks removed (k even).
 """
 
 from __future__ import annotations
@@ -60,7 +66,9 @@ class Strategy:
     ``select(scores, k)`` returns k unit ids (any order); ``granularity`` is ``"layer"`` or
     ``"sublayer"``; ``needs_model`` says whether it measures the model (ablation, gradients, search);
     ``nested`` whether its choice at k always contains its choice at k−1; ``search`` whether it
-    searches configurations with many forward passes per k (SLEB, swap search, BlockPruner).
+    searches configurations with many forward passes per k (SLEB, swap search, BlockPruner);
+    ``paired`` whether a sub-layer strategy removes as many attention as MLP sub-blocks (k even:
+    the size of k/2 whole blocks).
     """
 
     select: Callable[[LayerScores, int], list[int]]
@@ -69,6 +77,7 @@ class Strategy:
     nested: bool = False
     cite: str = ""
     search: bool = False  # a search over configurations (many forward passes per k), not a ranking
+    paired: bool = False  # (sub-layer) removes attention and MLP sub-blocks in equal numbers: k even, k/2 blocks' worth
 
 
 def check_k(k: int, num_layers: int, granularity: str = "layer") -> None:
@@ -128,6 +137,17 @@ def reverse(ctx: LayerScores, k: int) -> list[int]:
     return list(range(L - 1 - k, L - 1))
 
 
+def swap_starts(ctx: LayerScores, k: int) -> list[list[int]]:
+    """The choices at k of the strategies the swap search starts from (besides SLEB's)."""
+    return [STRATEGIES[s].select(ctx, k) for s in SWAP_STARTS]
+
+
+def part_swap(ctx: LayerScores, k: int) -> list[int]:
+    if k % 2:
+        raise ValueError(f"part-swap removes attention and MLP sub-blocks in pairs (k/2 blocks' worth): k must be even, got {k}")
+    return ctx.part_swap(k // 2, swap_starts(ctx, k // 2)).removed
+
+
 STRATEGIES: dict[str, Strategy] = {
     "block-influence": Strategy(_top_k("block-influence"), cite=SCORES["block-influence"].cite),
     "angular": Strategy(_top_k("angular"), cite=SCORES["angular"].cite),
@@ -141,10 +161,12 @@ STRATEGIES: dict[str, Strategy] = {
     "reverse": Strategy(reverse, nested=True, cite="Lu et al. 2024, arXiv:2411.15558"),
     "sleb": Strategy(lambda ctx, k: ctx.greedy(k, "layer").chosen(k), needs_model=True, nested=True,
                      cite="SLEB, Song et al. 2024, arXiv:2402.09025", search=True),
-    "swap-search": Strategy(lambda ctx, k: ctx.swap(k, [STRATEGIES[s].select(ctx, k) for s in SWAP_STARTS]).removed,
+    "swap-search": Strategy(lambda ctx, k: ctx.swap(k, swap_starts(ctx, k)).removed,
                             needs_model=True, cite="multi-start swap search on the calibration loss", search=True),
     "sublayer-nll": Strategy(_top_k("sublayer-nll"), granularity="sublayer", needs_model=True,
                              cite="one-sub-block-out ablation"),
+    "part-swap": Strategy(part_swap, granularity="sublayer", needs_model=True, search=True, paired=True,
+                          cite="swap-search, then attention swaps (He et al. 2024, arXiv:2406.15786)"),
     "blockpruner": Strategy(lambda ctx, k: ctx.greedy(k, "sublayer").chosen(k), granularity="sublayer",
                             needs_model=True, nested=True, cite="BlockPruner, Zhong et al. 2024, arXiv:2406.10594", search=True),
 }

@@ -43,8 +43,9 @@ smoke = False  # small, fast profile for tests and CI
 #   and the KL divergence to the full model when one layer alone is removed; Taylor importance
 #   Σ|w·∂L/∂w| (Kim et al. 2024); and the proxies (BI, angular distance);
 # * **strategies** (one registry): top-k by any score, the best contiguous block, reverse order
-#   (Lu et al. 2024), iterative greedy removal (SLEB, Song et al. 2024), and sub-layer pruning of
-#   attention and MLP sub-blocks separately (BlockPruner, Zhong et al. 2024);
+#   (Lu et al. 2024), iterative greedy removal (SLEB, Song et al. 2024), a multi-start swap search,
+#   and sub-layer pruning of attention and MLP sub-blocks separately (BlockPruner, Zhong et al.
+#   2024; `part-swap`, which trades the attention of a removed block for a redundant one elsewhere);
 # * **the study**: pruning curves on held-out text, the rank correlation of each proxy with the
 #   true one-layer-out ΔPPL (with confidence intervals), and how stable each strategy's choice is.
 #
@@ -127,14 +128,13 @@ chosen.pivot(index="strategy", columns="k", values="removed").loc[list(strategie
 # ## The best strategy against the published criteria
 
 # %%
-best = best_strategies(curves)
+best = best_strategies(curves, granularity=None)
 write_table(best.assign(layers=best.layers.map(lambda l: " ".join(map(str, l))), units=best.units.map(len),
                         tied_with=best.tied_with.map(" ".join)), out, "best_strategy",
-            caption="Best layer strategy at each k on held-out eval perplexity, and its margin over BI and angular-block.")
-display(Markdown("**Whole layers removed:**\n\n" + best_summary(best)))
-if any(STRATEGIES[s].granularity == "sublayer" for s in strategies):
-    display(Markdown("**Any granularity, at the parameter count of k removed layers:**\n\n"
-                     + best_summary(best_strategies(curves, granularity=None))))
+            caption="Best strategy at each k on held-out eval perplexity (sub-layer strategies at the parameter "
+                    "count of k removed layers), and its margin over BI and angular-block.")
+display(Markdown("**Any granularity, at the parameter count of k removed layers:**\n\n" + best_summary(best)))
+display(Markdown("**Whole layers removed:**\n\n" + best_summary(best_strategies(curves))))
 best.drop(columns=["units"]).round(2)
 
 # %% [markdown]
@@ -142,8 +142,10 @@ best.drop(columns=["units"]).round(2)
 # only the calibration split. How the winners are measured (the true score, the greedy search) is
 # what the study below explains. `swap-search` starts from the best of several strategies' choices
 # on the calibration loss and swaps blocks while that loss drops: where it ends on the very run that
-# angular-block picks, that run is a local optimum of the calibration loss, and a tie is the honest
-# result.
+# angular-block picks, that run is a local optimum of the calibration loss among whole blocks.
+# `part-swap` goes one level finer at the same size: a removed block's attention may matter while a
+# kept block's attention is nearly idle (He et al. 2024), so it puts the one back and removes the
+# other, keeping as many attention and MLP sub-blocks removed as the k whole blocks had.
 
 # %% [markdown]
 # ## Every score per layer

@@ -43,13 +43,15 @@ def test_layer_budget_is_met_with_fewest_layers(ctx, strategy):
     assert half.kept_layers == 3
 
 
-@pytest.mark.parametrize("strategy", ["sublayer-nll", "blockpruner"])
+@pytest.mark.parametrize("strategy", ["sublayer-nll", "blockpruner", "part-swap"])
 def test_sublayer_budget_matches_the_physically_pruned_model(ctx, strategy):
     total, layer = count_params(ctx.model), int(unit_params(ctx.model, "layer")[0])
     fit = fit_budget(ctx, Budget(params=total - layer), strategy)
     assert fit.num_params <= total - layer
     assert count_params(prune_sublayers(ctx.model, fit.removed)) == fit.num_params
-    if fit.k > 1:  # the strategy's choice of one sub-block fewer does not fit: the fit is the fewest removals
+    if strategy == "part-swap":  # pairs of attention and MLP sub-blocks: exactly one block's worth
+        assert fit.k == 2 and fit.num_params == total - layer
+    elif fit.k > 1:  # the strategy's choice of one sub-block fewer does not fit: the fit is the fewest removals
         fewer = select_layers(ctx, fit.k - 1, strategy)
         assert total - int(unit_params(ctx.model, "sublayer")[fewer].sum()) > total - layer
 

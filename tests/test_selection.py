@@ -29,6 +29,7 @@ def ctx():
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 @pytest.mark.parametrize("k", [1, 3])
 def test_every_strategy_returns_k_distinct_units(ctx, strategy, k):
+    k = 2 * k if STRATEGIES[strategy].paired else k  # paired: attention and MLP sub-blocks in equal numbers
     units = select_layers(ctx, k, strategy)
     limit = L if STRATEGIES[strategy].granularity == "layer" else 2 * L
     assert units == sorted(set(units)) and len(units) == k
@@ -112,3 +113,33 @@ def test_best_strategy_table_reports_margins_and_ties():
     overall = best_strategies(curves, granularity=None).set_index("k")
     assert overall.loc[6, "strategy"] == "sublayer-nll" and overall.loc[6, "vs angular-block"] == pytest.approx(3.0)
     assert "13.attn" in best_summary(overall.reset_index())
+
+
+def test_part_swap_keeps_the_size_and_only_improves(ctx):
+    from frankenllama.perplexity import mean_nll
+    from frankenllama.scores import ATTN, part_swap_search, swap_search
+    from frankenllama.sublayer import prune_sublayers
+
+    layers = ctx.swap(2, []).removed
+    run = ctx.part_swap(2, [])
+    assert run.start == sorted(2 * l + p for l in layers for p in (0, 1))
+    assert run.nll <= run.start_nll
+    assert run.start_nll == pytest.approx(swap_search(ctx.model, ctx.calib, layers, max_rounds=0).nll, abs=1e-6)
+    assert sum(u % 2 == ATTN for u in run.removed) == 2 and len(run.removed) == 4  # as many attention and MLP as 2 blocks
+    assert all(r % 2 == c % 2 == ATTN for r, c in run.swaps)  # attention for attention only, by default
+    assert run.nll == pytest.approx(mean_nll(prune_sublayers(ctx.model, run.removed), ctx.calib), abs=1e-5)
+    assert select_layers(ctx, 4, "part-swap") == run.removed
+    # with every sub-block a candidate, the result beats (or ties) every same-kind single swap of the start
+    cost = np.zeros(2 * L)
+    wide = part_swap_search(ctx.model, ctx.calib, run.start, cost, width=2 * L, parts=(0, 1), batch_size=2, max_rounds=1)
+    for r in run.start:
+        for c in range(r % 2, 2 * L, 2):
+            if c not in run.start:
+                other = sorted(set(run.start) - {r} | {c})
+                assert wide.nll <= mean_nll(prune_sublayers(ctx.model, other), ctx.calib) + 1e-5
+    with pytest.raises(ValueError, match="k must be even"):
+        select_layers(ctx, 3, "part-swap")
+    with pytest.raises(ValueError, match="start must name sub-blocks"):
+        part_swap_search(ctx.model, ctx.calib, [2 * L], cost)
+    with pytest.raises(ValueError, match="one number per sub-block"):
+        part_swap_search(ctx.model, ctx.calib, [0], cost[:3])
