@@ -184,8 +184,10 @@ class Trunk:
     def _vocab(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The lower bound's tokens: LM-head rows, bias and each calibration target's row among them.
 
-        The targets of the calibration blocks plus the ``bound_vocab`` tokens to which the current
-        model (the cached streams leaving the last block) gives the most probability in total.
+        The targets of the calibration blocks plus the ``bound_vocab`` tokens to which the model
+        gives the most probability in total, under the mask of the first bounded evaluation (the
+        cached streams leaving the last block). Chosen once: any token set holding the targets gives
+        a valid bound, and a search's later, more pruned models predict much the same tokens.
         """
         if self._shortlist is None:
             assert self.states is not None, "call refresh() first"
@@ -258,7 +260,6 @@ class Trunk:
     def refresh(self, mask: np.ndarray, from_layer: int = 0, progress: bool = False) -> None:
         """Set the removal mask and recompute the cached streams entering blocks ``from_layer`` … L."""
         self.mask = np.array(mask, dtype=bool)
-        self._shortlist = None  # the lower bound's tokens follow the current model
         if self.states is None:
             from_layer = 0
             self.states = [[torch.empty(0)] * len(self.batches) for _ in range(self.num_layers + 1)]
@@ -1044,17 +1045,23 @@ class LayerScores:
 
         return SwapResult.from_arrays(self.store("swap", {"k": k, "start": start, "others": others, "batch_size": self.batch_size}, compute))
 
-    def part_swap(self, k: int, starts: Sequence[Sequence[int]] = (), width: int = 4) -> SwapResult:
-        """``part_swap_search`` from the sub-blocks of ``swap(k, starts)``'s k blocks, cost = one-sub-block-out ΔNLL (cached)."""
+    def part_swap(self, k: int, starts: Sequence[Sequence[int]] = (), width: int = 4, rounds: int = 2) -> SwapResult:
+        """``part_swap_search`` from the sub-blocks of ``swap(k, starts)``'s k blocks, cost = one-sub-block-out ΔNLL (cached).
+
+        At most ``rounds`` swaps: each round costs ``width`` × (removed attention sub-blocks)
+        calibration passes, and on a CPU two rounds are what the workbook's time budget allows;
+        raise it to run the local search until no swap helps.
+        """
         layers = self.swap(k, starts).removed
         start = sorted(2 * l + part for l in layers for part in (ATTN, MLP))
         cost = self.scan("sublayer").delta_nll()
 
         def compute() -> dict[str, np.ndarray]:
             return part_swap_search(self.model, self.calib, start, cost, width, batch_size=self.batch_size,
-                                    progress=self.progress).to_arrays()
+                                    max_rounds=rounds, progress=self.progress).to_arrays()
 
-        params = {"k": k, "start": start, "width": width, "cost_blocks": self.sublayer_blocks, "batch_size": self.batch_size}
+        params = {"k": k, "start": start, "width": width, "rounds": rounds, "cost_blocks": self.sublayer_blocks,
+                  "batch_size": self.batch_size}
         return SwapResult.from_arrays(self.store("part-swap", params, compute))
 
     def score(self, name: str) -> np.ndarray:
