@@ -231,6 +231,8 @@ class Trunk:
         rest stay under it. NLL is non-negative and the bounds never exceed it, so nothing that
         could come in under ``bound`` is cut; a total above it may still be returned complete.
         ``bound_vocab = 0`` checks the exact partial sums only. An infinite bound computes exactly.
+        A bounded call keeps the normalised final streams of every batch until the head has run
+        (N × T × H in the model's dtype).
         """
         n = len(self.batches)
         if math.isinf(bound) or self.bound_vocab == 0:
