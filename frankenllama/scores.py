@@ -305,9 +305,13 @@ class Trunk:
         ``total_nll``.
         """
         assert self.states is not None, "call refresh() first"
-        changed = np.flatnonzero((np.asarray(mask, dtype=bool) != self.mask).any(axis=1))
-        start = int(changed[0]) if len(changed) else self.num_layers
+        start = self.first_difference(mask)
         return self.total_nll(lambda b: self.run(self.states[start][b], b, start, mask), bound)
+
+    def first_difference(self, mask: np.ndarray) -> int:
+        """The first block whose sub-blocks ``mask`` removes differently from the current mask (L if none)."""
+        changed = np.flatnonzero((np.asarray(mask, dtype=bool) != self.mask).any(axis=1))
+        return int(changed[0]) if len(changed) else self.num_layers
 
     def n_predictions(self) -> np.ndarray:
         """Predictions per sample, (N,): every position but the first."""
@@ -811,9 +815,8 @@ def part_swap_search(
                 # the trials that remove c share the stream up to the block whose sub-block they put back:
                 # cache it once (the trials then run from that block on, ``Trunk.mask_nll``)
                 mask = removal_mask([*removed, c], L, "sublayer")
-                changed = np.flatnonzero((mask != trunk.mask).any(axis=1))
-                if len(changed):
-                    trunk.refresh(mask, from_layer=int(changed[0]))
+                if (start := trunk.first_difference(mask)) < L:
+                    trunk.refresh(mask, from_layer=start)
                 yield from ((r, c) for r in removed if r % 2 == part)
 
     current = loss(removed)
