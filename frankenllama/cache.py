@@ -1,16 +1,26 @@
-"""Reproducibility and caching: seeds, provenance records, atomic writes, config-keyed caches.
+"""Reproducibility and caching: seeds, provenance records, atomic writes, config- and code-keyed caches.
 
 Every expensive intermediate is stored under ``data/cache/<stage>/<key>/`` where ``key`` is a hash
-of the frozen config that produced it, next to a ``meta.json`` holding that config, the seed and
-the package versions. Writes go to a temporary sibling first and are renamed into place, so an
-interrupted run never leaves a partial cache entry.
+of the frozen config that produced it *and of the code that computes it*, next to a ``meta.json``
+holding that config, the code version, the seed and the package versions. Writes go to a
+temporary sibling first and are renamed into place, so an interrupted run never leaves a partial
+cache entry.
+
+What invalidates what: a stage names the modules (or packages) whose code computes its result
+(``code=("frankenllama.scoring", …)``); ``code_version`` hashes their syntax trees with docstrings
+removed, so editing a comment, a docstring or the layout of a line keeps the cache, while any
+change to what the code does (a default, an expression, a new argument) makes a new key and the
+result is recomputed. Results of older code stay on disk until ``make clean``; they are never read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -71,20 +81,58 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
-def provenance(config: Any, seed: int | None = None) -> dict[str, Any]:
-    """What produced a result: its config, seed, package versions, host and time."""
+def provenance(config: Any, seed: int | None = None, code: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What produced a result: its config, seed, code version, package versions, host and time."""
     return {
         "config": to_jsonable(config),
         "seed": seed,
+        "code": {"modules": sorted(set(code)), "version": code_version(tuple(code))} if code else None,
         "versions": package_versions(),
         "host": {"machine": platform.machine(), "threads": torch.get_num_threads()},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def config_key(stage: str, config: Any) -> str:
-    """A short stable hash of a stage name and its config."""
-    blob = json.dumps({"stage": stage, "config": to_jsonable(config)}, sort_keys=True)
+def _module_files(name: str) -> list[Path]:
+    """The source files of module or package ``name`` (every ``.py`` below a package), sorted."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"no module named {name!r} to version a cache by")
+    origin = Path(spec.origin)
+    return sorted(origin.parent.rglob("*.py")) if spec.submodule_search_locations else [origin]
+
+
+def _strip_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+@functools.lru_cache(maxsize=None)
+def _file_version(path: Path, mtime_ns: int) -> str:
+    tree = _strip_docstrings(ast.parse(path.read_text(), filename=str(path)))
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+
+
+def code_version(modules: tuple[str, ...]) -> str:
+    """A short hash of what ``modules`` compute: their syntax trees without docstrings or comments."""
+    digest = hashlib.sha256()
+    for name in sorted(set(modules)):
+        for path in _module_files(name):
+            digest.update(f"{name}:{path.name}:{_file_version(path, path.stat().st_mtime_ns)}".encode())
+    return digest.hexdigest()[:16]
+
+
+def config_key(stage: str, config: Any, code: tuple[str, ...] = ()) -> str:
+    """A short stable hash of a stage name, its config and (when given) the version of its code."""
+    payload = {"stage": stage, "config": to_jsonable(config)}
+    if code:
+        payload["code"] = code_version(tuple(code))
+    blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -100,10 +148,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2) + "\n")
 
 
 @contextlib.contextmanager
@@ -132,9 +176,9 @@ def atomic_dir(path: Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
-def cache_path(stage: str, config: Any, root: Path = CACHE_DIR) -> Path:
-    """The folder that holds (or will hold) ``stage``'s result for ``config``."""
-    return root / stage / config_key(stage, config)
+def cache_path(stage: str, config: Any, root: Path = CACHE_DIR, code: tuple[str, ...] = ()) -> Path:
+    """The folder that holds (or will hold) ``stage``'s result for ``config`` computed by ``code``."""
+    return root / stage / config_key(stage, config, code)
 
 
 def cached_json(
@@ -143,19 +187,21 @@ def cached_json(
     compute: Callable[[], Any],
     seed: int | None = None,
     root: Path = CACHE_DIR,
+    code: tuple[str, ...] = (),
 ) -> Any:
     """Return the cached JSON result of ``stage`` for ``config``, computing and storing it if absent.
 
-    The entry holds ``result.json`` and ``meta.json`` (provenance); it appears atomically.
+    The entry holds ``result.json`` and ``meta.json`` (provenance); it appears atomically. ``code``:
+    the modules whose code computes the result (see ``code_version``); part of the key.
     """
-    folder = cache_path(stage, config, root)
+    folder = cache_path(stage, config, root, code)
     result_file = folder / "result.json"
     if result_file.exists():
         return json.loads(result_file.read_text())
     result = to_jsonable(compute())
     with atomic_dir(folder) as tmp:
         (tmp / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        (tmp / "meta.json").write_text(json.dumps(provenance(config, seed), indent=2) + "\n")
+        (tmp / "meta.json").write_text(json.dumps(provenance(config, seed, code), indent=2) + "\n")
     return result
 
 
@@ -165,9 +211,10 @@ def cached_arrays(
     compute: Callable[[], dict[str, np.ndarray]],
     seed: int | None = None,
     root: Path = CACHE_DIR,
+    code: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Like ``cached_json`` for a dict of NumPy arrays, stored as ``arrays.npz``."""
-    folder = cache_path(stage, config, root)
+    folder = cache_path(stage, config, root, code)
     array_file = folder / "arrays.npz"
     if array_file.exists():
         with np.load(array_file) as data:
@@ -175,5 +222,5 @@ def cached_arrays(
     arrays = compute()
     with atomic_dir(folder) as tmp:
         np.savez(tmp / "arrays.npz", **arrays)
-        (tmp / "meta.json").write_text(json.dumps(provenance(config, seed), indent=2) + "\n")
+        (tmp / "meta.json").write_text(json.dumps(provenance(config, seed, code), indent=2) + "\n")
     return arrays

@@ -21,60 +21,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.budget import Budget, count_params, fit_budget, unit_params
 from frankenllama.cache import cached_arrays, cached_json, seed_everything
-from frankenllama.data import context_length, load_corpus, token_blocks
-from frankenllama.models import DEFAULT_MODEL, load_model, num_layers
+from frankenllama.models import num_layers
 from frankenllama.scores import SCORES, AblationScan, LayerScores, Trunk, removal_mask
 from frankenllama.selection import STRATEGIES, check_k, get_strategy, select_layers
-from frankenllama.similarity import LayerSimilarity, layer_similarity
+from frankenllama.stages.common import DataConfig, shared_model
+from frankenllama.stages.similarity import SimilarityConfig, similarity_stage
 from frankenllama.sublayer import describe, prune_sublayers
 from frankenllama.surgery import drop_layers
 from frankenllama.variants import save_variant
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Which token blocks a stage reads: ``n_blocks`` blocks of ``block_len`` tokens of one split."""
-
-    corpus: str = "wiki-leads"  # registry name or path to a text file
-    split: str = "calib"
-    block_len: int = 256
-    n_blocks: int = 32
-
-    def __post_init__(self) -> None:
-        if self.block_len < 2 or self.n_blocks < 1:
-            raise ValueError(f"need block_len >= 2 and n_blocks >= 1, got {self.block_len}, {self.n_blocks}")
-
-    def blocks(self, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel | None = None) -> torch.Tensor:
-        limit = None if model is None else context_length(model)
-        texts = load_corpus(self.corpus, self.split)  # type: ignore[arg-type]
-        return token_blocks(tokenizer, texts, self.block_len, max_blocks=self.n_blocks, context_length=limit)
-
-
-@lru_cache(maxsize=2)
-def shared_model(name: str, dtype: str = "auto", device: str = "auto"):
-    """One loaded copy of a model per process, for stages that only read it."""
-    return load_model(name, dtype=dtype, device=device)
-
-
-@dataclass(frozen=True)
-class SimilarityConfig:
-    model: str = DEFAULT_MODEL
-    data: DataConfig = field(default_factory=DataConfig)
-    batch_size: int = 8
-    seed: int = 0
-
-
-def similarity_stage(config: SimilarityConfig) -> LayerSimilarity:
-    """Layer-similarity statistics of ``config.model`` on its calibration blocks (cached)."""
-
-    def compute():
-        seed_everything(config.seed)
-        model, tokenizer = shared_model(config.model)
-        ids = config.data.blocks(tokenizer, model)
-        return layer_similarity(model, ids, batch_size=config.batch_size, progress=True).to_arrays()
-
-    return LayerSimilarity.from_arrays(cached_arrays("similarity", config, compute, seed=config.seed))
-
 
 
 # --------------------------------------------------------------------------------------------------
