@@ -1,18 +1,19 @@
-# frankenllama — regenerate every figure (`make figures`) or run the tests (`make test`) on a fresh clone.
+# frankenllama — regenerate every figure (`make figures`), run the tests (`make test`) or explore (`make lab`) on a fresh clone.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
-EXECUTED := $(patsubst notebooks/%.py,build/notebooks/%.ipynb,$(NOTEBOOKS))
+NUMBERS := $(foreach nb,$(NOTEBOOKS),$(firstword $(subst _, ,$(notdir $(nb)))))
+PROFILE ?= default
 PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install data figures test clean
+.PHONY: install data figures test lab clean $(addprefix notebook-,$(NUMBERS))
 
 $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,16 +30,24 @@ install: $(STAMP)
 data: $(STAMP)
 	$(PY) -m frankenllama.prepare
 
-# Run every notebook in order, headless, on its default parameters; figures land in figures/.
-figures: data
+# One notebook, headless, on profile $(PROFILE) (`make notebook-02`, `make notebook-03 PROFILE=smoke`).
+# A notebook reads the caches its dependencies wrote and computes whatever of them is missing.
+notebook-%: data
 	@mkdir -p build/notebooks
-	@for nb in $(NOTEBOOKS); do \
-	  name=$$(basename $$nb .py); \
-	  echo "== $$name"; start=$$(date +%s); \
-	  $(VENV)/bin/jupytext --quiet --to ipynb --output build/notebooks/$$name.source.ipynb $$nb || exit 1; \
-	  $(VENV)/bin/papermill --kernel frankenllama --cwd notebooks build/notebooks/$$name.source.ipynb build/notebooks/$$name.ipynb || exit 1; \
-	  echo "== $$name took $$(( $$(date +%s) - start )) s"; \
-	done
+	@nb=$$(ls notebooks/$*_*.py) && name=$$(basename $$nb .py) && \
+	  echo "== $$name ($(PROFILE))" && start=$$(date +%s) && \
+	  $(VENV)/bin/jupytext --quiet --to ipynb --output build/notebooks/$$name.source.ipynb $$nb && \
+	  $(VENV)/bin/papermill --kernel frankenllama --cwd notebooks -p profile $(PROFILE) \
+	    build/notebooks/$$name.source.ipynb build/notebooks/$$name.ipynb && \
+	  echo "== $$name took $$(( $$(date +%s) - start )) s"
+
+# Every notebook in order on the default profile; figures land in figures/.
+figures: data
+	@for n in $(NUMBERS); do $(MAKE) --no-print-directory notebook-$$n || exit 1; done
+
+# JupyterLab on the workbook, with the project's kernel ("frankenllama (.venv)").
+lab: data
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

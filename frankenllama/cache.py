@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from frankenllama.paths import CACHE_DIR
+from frankenllama import paths
 
 _VERSIONED = ("frankenllama", "torch", "transformers", "peft", "accelerate", "gguf", "numpy", "datasets")
 
@@ -176,9 +176,13 @@ def atomic_dir(path: Path, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
-def cache_path(stage: str, config: Any, root: Path = CACHE_DIR, code: tuple[str, ...] = ()) -> Path:
-    """The folder that holds (or will hold) ``stage``'s result for ``config`` computed by ``code``."""
-    return root / stage / config_key(stage, config, code)
+def cache_path(stage: str, config: Any, root: Path | None = None, code: tuple[str, ...] = ()) -> Path:
+    """The folder that holds (or will hold) ``stage``'s result for ``config`` computed by ``code``.
+
+    ``root``: the cache folder; ``None`` reads ``frankenllama.paths.CACHE_DIR`` at call time (tests
+    point that at a temporary folder).
+    """
+    return (paths.CACHE_DIR if root is None else root) / stage / config_key(stage, config, code)
 
 
 def cached_json(
@@ -186,7 +190,7 @@ def cached_json(
     config: Any,
     compute: Callable[[], Any],
     seed: int | None = None,
-    root: Path = CACHE_DIR,
+    root: Path | None = None,
     code: tuple[str, ...] = (),
 ) -> Any:
     """Return the cached JSON result of ``stage`` for ``config``, computing and storing it if absent.
@@ -210,7 +214,7 @@ def cached_arrays(
     config: Any,
     compute: Callable[[], dict[str, np.ndarray]],
     seed: int | None = None,
-    root: Path = CACHE_DIR,
+    root: Path | None = None,
     code: tuple[str, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Like ``cached_json`` for a dict of NumPy arrays, stored as ``arrays.npz``."""

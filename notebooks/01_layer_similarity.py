@@ -11,13 +11,10 @@
 # ---
 
 # %% tags=["parameters"]
-model = "smollm2-135m"  # registry name, local transformers folder or GGUF file
-corpus = "wiki-leads"  # corpus name or path to a text file, documents separated by blank lines
-block_len = 256  # tokens per calibration block
-calib_blocks = 64  # number of calibration blocks: 64 x 256 = 16k tokens
-batch_size = 8  # blocks per forward pass
-seed = 0  # seed set at the stage's entry
-smoke = False  # small, fast profile for tests and CI
+profile = "default"  # "default" (2 CPU cores), "smoke" (tests, a minute) or "thesis" (larger budgets, for a GPU)
+model = ""  # registry name, local transformers folder or GGUF file; empty: the profile's (smollm2-135m)
+corpus = ""  # corpus name or path to a text file, documents separated by blank lines; empty: wiki-leads
+overrides = {}  # single settings of the profile, e.g. {"similarity.data.n_blocks": 128}; see frankenllama.stages.profiles
 
 # %% [markdown]
 # # 01 · Layer similarity
@@ -33,21 +30,18 @@ smoke = False  # small, fast profile for tests and CI
 # * the full **cosine-similarity matrix** between all residual states.
 
 # %%
-import matplotlib.pyplot as plt
 import pandas as pd
 
+from frankenllama.figures import similarity as figures
+from frankenllama.figures.style import set_style
 from frankenllama.paths import figures_dir
-from frankenllama.plotting import set_style
-from frankenllama.stages import DataConfig, SimilarityConfig, similarity_stage
-from frankenllama import viz
+from frankenllama.stages import similarity_stage
+from frankenllama.stages.profiles import build
 
-if smoke:
-    calib_blocks, block_len = 4, 64
 set_style()
-out = figures_dir(smoke)
-config = SimilarityConfig(
-    model=model, data=DataConfig(corpus, "calib", block_len, calib_blocks), batch_size=batch_size, seed=seed
-)
+run = build(profile, model=model, corpus=corpus, overrides=overrides)
+out = figures_dir(run.name == "smoke")
+config = run.similarity
 config
 
 # %%
@@ -59,17 +53,17 @@ print(f"{similarity.num_layers} blocks, {similarity.n_tokens} calibration tokens
 # Dark cells are runs of blocks whose output points the same way as their input: candidates for removal.
 
 # %%
-fig = viz.angular_heatmap(similarity, out, name="angular_distance")
+fig = figures.angular_heatmap(similarity, out, name="angular_distance")
 
 # %% [markdown]
 # ## Block Influence per layer
 
 # %%
-fig = viz.block_influence_bars(similarity, out, name="block_influence")
+fig = figures.block_influence_bars(similarity, out, name="block_influence")
 pd.Series(similarity.block_influence, name="BI").rename_axis("layer").to_frame().T.round(3)
 
 # %% [markdown]
 # ## Cosine similarity between residual states
 
 # %%
-fig = viz.cosine_matrix(similarity, out, name="cosine_similarity")
+fig = figures.cosine_matrix(similarity, out, name="cosine_similarity")

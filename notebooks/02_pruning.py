@@ -11,26 +11,10 @@
 # ---
 
 # %% tags=["parameters"]
-model = "smollm2-135m"  # registry name, local transformers folder or GGUF file
-corpus = "wiki-leads"  # corpus name or path to a text file
-block_len = 256  # tokens per block (similarity statistics and evaluation)
-calib_blocks = 64  # calibration blocks of the similarity statistics, as in notebook 01 to share its cache
-score_len = 128  # tokens per calibration block of the scores and searches below
-score_blocks = 8  # calibration blocks for ablation, Taylor and the searches (the first of the calib split): 1k tokens
-sublayer_blocks = 4  # of those, how many the sub-block (attention / MLP) measurements use
-eval_blocks = 16  # held-out eval blocks for perplexity: 16 x 256 = 4k tokens
-max_k = 12  # pruning curve from 0 to max_k removed layers ...
-k_step = 3  # ... every k_step layers (1 = every k, about 3x the evaluation time)
-search_ks = (3, 6, 9)  # where the searching strategies (SLEB, swap search, BlockPruner) are run: each k costs minutes
-shortlist = 8  # greedy searches re-score only the 8 best candidates of the previous step (0 = exact)
-sublayer_search = False  # also run BlockPruner's greedy search over the 60 sub-blocks (slow on a CPU)
-n_boot = 1000  # bootstrap resamples for the rank-correlation intervals
-stability_draws = 10  # random calibration subsets per size for the stability study
-search_blocks = 4  # calibration blocks of each subset on which the searching strategies (SLEB, Taylor+) are re-run
-search_draws = 2  # how many such subsets
-batch_size = 4  # blocks per forward pass
-seed = 0  # seed set at each stage's entry
-smoke = False  # small, fast profile for tests and CI
+profile = "default"  # "default" (2 CPU cores, ~10 min), "smoke" (tests) or "thesis" (every k, exact searches; a GPU)
+model = ""  # registry name, local transformers folder or GGUF file; empty: the profile's (smollm2-135m)
+corpus = ""  # corpus name or path to a text file; empty: wiki-leads
+overrides = {}  # single settings, e.g. {"pruning.eval_data.n_blocks": 32, "study.n_boot": 2000}; see frankenllama.stages.profiles
 
 # %% [markdown]
 # # 02 · Which layers to remove
@@ -55,17 +39,13 @@ smoke = False  # small, fast profile for tests and CI
 import pandas as pd
 from IPython.display import Markdown, display
 
-from frankenllama import viz
 from frankenllama.budget import Budget, count_params, fit_budget, unit_params
+from frankenllama.figures import pruning as figures
+from frankenllama.figures.style import set_style
+from frankenllama.figures.tables import write_table
 from frankenllama.paths import figures_dir
-from frankenllama.plotting import set_style
-from frankenllama.selection import STRATEGIES
+from frankenllama.selection import methods_table
 from frankenllama.stages import (
-    DataConfig,
-    PruningConfig,
-    ScoringConfig,
-    SimilarityConfig,
-    StudyConfig,
     best_strategies,
     best_summary,
     pruning_stage,
@@ -73,30 +53,25 @@ from frankenllama.stages import (
     scoring_context,
     study_stage,
 )
-from frankenllama.tables import write_table
+from frankenllama.stages.profiles import build
 
-if smoke:
-    calib_blocks, block_len, score_len, score_blocks, sublayer_blocks, eval_blocks = 4, 64, 64, 2, 2, 2
-    max_k, k_step, n_boot, stability_draws, search_draws, search_ks = 2, 1, 50, 3, 1, (1, 2)
 set_style()
-out = figures_dir(smoke)
-strategies = tuple(s for s in STRATEGIES if sublayer_search or s != "blockpruner")
-ks = tuple(sorted({0, *range(k_step, max_k + 1, k_step), *[k for k in (3, 6, 9) if k <= max_k]}))
-config = PruningConfig(
-    similarity=SimilarityConfig(model, DataConfig(corpus, "calib", block_len, calib_blocks), 8, seed),
-    scoring=ScoringConfig(DataConfig(corpus, "calib", score_len, score_blocks), batch_size, shortlist or None,
-                          sublayer_blocks=sublayer_blocks),
-    eval_data=DataConfig(corpus, "eval", block_len, eval_blocks),
-    strategies=strategies,
-    ks=ks,
-    sublayer_ks=ks if smoke else (0, 3, 6, 9),
-    search_ks=tuple(search_ks),
-    batch_size=batch_size,
-    seed=seed,
-)
+run = build(profile, model=model, corpus=corpus, overrides=overrides)
+out = figures_dir(run.name == "smoke")
+config = run.pruning
+strategies = config.strategies
 curves = pruning_stage(config)
 baseline = float(curves.loc[curves.k == 0, "eval_ppl"].iloc[0])
-print(f"unpruned eval perplexity {baseline:.2f}; {len(strategies)} strategies at k = {ks}")
+print(f"unpruned eval perplexity {baseline:.2f}; {len(strategies)} strategies at k = {config.ks}")
+
+# %% [markdown]
+# ## The methods compared
+# Every strategy and score of the registries, what it does and where it comes from.
+
+# %%
+methods = methods_table()
+write_table(methods, out, "methods", caption="Selection strategies and scores compared, with their sources.")
+methods
 
 # %% [markdown]
 # ## Pruning curves: held-out perplexity vs layers removed
@@ -104,7 +79,7 @@ print(f"unpruned eval perplexity {baseline:.2f}; {len(strategies)} strategies at
 # with k whole layers removed, so every point of a column has (about) the same parameter count.
 
 # %%
-fig = viz.pruning_curves(curves, out, baseline=baseline)
+fig = figures.pruning_curves(curves, out, baseline=baseline)
 
 # %%
 table = curves[curves.k > 0].pivot(index="strategy", columns="k", values="eval_ppl").loc[list(strategies)]
@@ -158,7 +133,7 @@ scan = ctx.scan()
 scores = pd.DataFrame({name: ctx.score(name) for name in
                        ("ablation-ppl", "ablation-kl", "taylor", "block-influence", "angular", "angular-all")})
 scores.index.name = "layer"
-fig = viz.score_profiles(scores, out)
+fig = figures.score_profiles(scores, out)
 scores.T.round(3)
 
 # %% [markdown]
@@ -168,14 +143,10 @@ scores.T.round(3)
 # jackknife interval.
 
 # %%
-study = study_stage(StudyConfig(
-    pruning=config, n_boot=n_boot, draws=stability_draws, search_draws=search_draws,
-    ks=tuple(k for k in (3, 6, 9) if k <= max_k) or (1,),
-    sizes=(1, 2) if smoke else (2, 4), search_sizes=(1,) if smoke else (search_blocks,), seed=seed,
-))
+study = study_stage(run.study)
 correlation = study["correlation"]
 write_table(correlation, out, "proxy_vs_truth", caption="Spearman rank correlation of each proxy with one-layer-out ΔPPL.")
-fig = viz.proxy_correlation(correlation, out)
+fig = figures.proxy_correlation(correlation, out)
 correlation.round(3)
 
 # %% [markdown]
@@ -186,7 +157,7 @@ correlation.round(3)
 # %%
 stability = study["stability"]
 write_table(stability, out, "selection_stability", caption="Stability of each strategy's choice across calibration subsets.")
-fig = viz.stability(stability, out)
+fig = figures.stability(stability, out)
 stability.pivot_table(index="strategy", columns=["k", "size"], values="jaccard_with_full").round(2)
 
 # %% [markdown]
@@ -203,12 +174,12 @@ pd.DataFrame([{"strategy": f.strategy, "removed units": f.k, "kept layers": f.ke
 
 # %% [markdown]
 # ## Variants for healing and evaluation
-# The best strategy's pruned model at k = 6 (and block-influence and angular-block for comparison),
+# The best strategy's pruned model at the k that notebook 03 heals (and block-influence and angular-block for comparison),
 # saved as variants that notebooks 03 and 04 load.
 
 # %%
-if not smoke and 6 in ks:
-    print(save_pruned_variants(config, ks=(6,)))
+if run.name != "smoke":
+    print(save_pruned_variants(config, ks=(run.heal_k,)))
 
 # %% [markdown]
 # ## Explorer
@@ -216,4 +187,4 @@ if not smoke and 6 in ks:
 # (from the cached results; nothing is recomputed).
 
 # %%
-viz.selection_explorer(curves, ctx.similarity, baseline);
+figures.selection_explorer(curves, ctx.similarity, baseline);

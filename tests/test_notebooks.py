@@ -15,13 +15,14 @@ NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.py"))
 KERNEL = "frankenllama" if (Path(sys.prefix) / "share/jupyter/kernels/frankenllama").exists() else "python3"
 
 
-def test_every_notebook_has_a_parameters_cell_first_with_a_smoke_switch():
+def test_every_notebook_has_a_parameters_cell_first_naming_its_profile():
     assert NOTEBOOKS, "no notebooks found"
     for path in NOTEBOOKS:
         nb = jupytext.read(path)
         first = next(c for c in nb.cells if c.cell_type == "code")
         assert "parameters" in first.metadata.get("tags", []), path.name
-        assert "smoke = False" in first.source, path.name
+        assert 'profile = "default"' in first.source, path.name
+        assert "overrides = {}" in first.source, path.name
         assert "def " not in "".join(c.source for c in nb.cells if c.cell_type == "code"), f"{path.name} defines a function"
 
 
@@ -34,7 +35,7 @@ def test_notebook_smoke_profile(path, tmp_path):
     out_dir = figures_dir(smoke=True)
     started = {p: p.stat().st_mtime for p in out_dir.glob("*")}
     papermill.execute_notebook(
-        str(source), str(tmp_path / f"{path.stem}.out.ipynb"), parameters={"smoke": True},
+        str(source), str(tmp_path / f"{path.stem}.out.ipynb"), parameters={"profile": "smoke"},
         kernel_name=KERNEL, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
     )
     written = [p for p in out_dir.glob("*.png") if started.get(p) != p.stat().st_mtime]

@@ -1,8 +1,9 @@
-"""The workbook's stages as cached, config-driven functions that the notebooks call.
+"""Notebook 02's stage: which layers to remove — scores, strategies, pruning curves, pruned variants.
 
-Each stage takes one frozen, validated config dataclass, seeds itself at entry, and stores its
-result under a key derived from that config (``frankenllama.cache``), with the config, seed and
-package versions beside it. A later notebook that asks for the same config reads the cache.
+``pruning_stage`` measures every strategy's choice at every k of the study on held-out text (cached);
+``best_selection`` hands the winning cut to notebook 03; ``save_pruned_variants`` stores the pruned
+models that notebook 04 compares. ``scoring_context`` is the selection context (scores and
+searches cached on disk) that the study (``frankenllama.stages.study``) shares.
 """
 
 from __future__ import annotations
@@ -10,30 +11,28 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from scipy import stats
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.budget import Budget, count_params, fit_budget, unit_params
-from frankenllama.cache import cached_arrays, cached_json, seed_everything
+from frankenllama.cache import cached_arrays, cached_json, config_key, seed_everything
 from frankenllama.models import num_layers
-from frankenllama.scores import SCORES, AblationScan, LayerScores, Trunk, removal_mask
+from frankenllama.scores import LayerScores, Trunk, removal_mask
 from frankenllama.selection import STRATEGIES, check_k, get_strategy, select_layers
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.stages.similarity import SimilarityConfig, similarity_stage
 from frankenllama.sublayer import describe, prune_sublayers
 from frankenllama.surgery import drop_layers
-from frankenllama.variants import save_variant
+from frankenllama.variants import list_variants, save_variant
 
 
-# --------------------------------------------------------------------------------------------------
-# Which layers to remove: scores, strategies, pruning curves, the proxy-vs-truth study, variants
-# --------------------------------------------------------------------------------------------------
+STUDY_KS: tuple[int, ...] = (3, 6, 9)  # the k's of the study: searches, sub-layer strategies, stability
+# What computes a pruning stage's result (the code part of its cache key, see frankenllama.cache).
+CODE = ("frankenllama.scores", "frankenllama.selection", "frankenllama.budget",
+        "frankenllama.sublayer", "frankenllama.surgery", "frankenllama.similarity",
+        "frankenllama.loss", "frankenllama.data", "frankenllama.models", "frankenllama.stages.pruning")
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ class PruningConfig:
     eval_data: DataConfig = field(default_factory=lambda: DataConfig(split="eval", n_blocks=16))
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     ks: tuple[int, ...] = tuple(range(0, 13))
-    sublayer_ks: tuple[int, ...] = (0, 3, 6, 9)  # the points of ``ks`` where sub-layer strategies are measured
+    sublayer_ks: tuple[int, ...] = (0, *STUDY_KS)  # the points of ``ks`` where sub-layer strategies are measured
     search_ks: tuple[int, ...] | None = None  # the points of ``ks`` where search strategies are measured (None: all)
     batch_size: int = 4
     seed: int = 0
@@ -99,7 +98,7 @@ class PruningConfig:
 def _disk_store(model: str, scoring: ScoringConfig, seed: int):
     def store(kind: str, params: dict[str, Any], compute):
         key = {"model": model, "calib": scoring.calib, "kind": kind, "params": params}
-        return cached_arrays("scores", key, compute, seed=seed)
+        return cached_arrays("scores", key, compute, seed=seed, code=CODE)
 
     return store
 
@@ -114,7 +113,7 @@ def scoring_context(config: PruningConfig) -> LayerScores:
                        store=_disk_store(config.similarity.model, config.scoring, config.seed))
 
 
-def _check_ks(ks: tuple[int, ...], L: int) -> None:
+def check_ks(ks: tuple[int, ...], L: int) -> None:
     for k in ks:
         if k:
             check_k(k, L)
@@ -137,7 +136,7 @@ def pruning_stage(config: PruningConfig) -> pd.DataFrame:
         seed_everything(config.seed)
         model, tokenizer = shared_model(config.similarity.model)
         L = num_layers(model)
-        _check_ks(config.ks, L)
+        check_ks(config.ks, L)
         ctx = scoring_context(config)
         eval_ids = config.eval_data.blocks(tokenizer, model)
         trunk = Trunk(model, eval_ids, config.batch_size)
@@ -175,7 +174,7 @@ def pruning_stage(config: PruningConfig) -> pd.DataFrame:
             rows[-1]["select_seconds"] = time.perf_counter() - started
         return rows
 
-    df = pd.DataFrame(cached_json("pruning", config, compute, seed=config.seed))
+    df = pd.DataFrame(cached_json("pruning", config, compute, seed=config.seed, code=CODE))
     return df.sort_values(["strategy", "k"], key=lambda c: c.map(list(config.strategies).index) if c.name == "strategy" else c,
                           kind="stable").reset_index(drop=True)
 
@@ -228,7 +227,7 @@ def best_selection(config: PruningConfig, k: int) -> tuple[str, list[int]]:
 
 
 def save_pruned_variants(
-    config: PruningConfig, ks: tuple[int, ...] = (6,), also: tuple[str, ...] = ("block-influence", "angular-block")
+    config: PruningConfig, ks: tuple[int, ...], also: tuple[str, ...] = ("block-influence", "angular-block")
 ) -> list[str]:
     """Save the best strategy's pruned model at each k (and ``also`` these strategies) as variants.
 
@@ -236,9 +235,6 @@ def save_pruned_variants(
     selections are saved through ``frankenllama.sublayer`` (load them with ``load_sublayer_pruned``).
     A variant already saved from the same configuration is kept as it is.
     """
-    from frankenllama.cache import config_key
-    from frankenllama.variants import list_variants
-
     curves = pruning_stage(config)
     model, tokenizer = shared_model(config.similarity.model)
     existing = {v.name: v.meta for v in list_variants()}
@@ -250,7 +246,7 @@ def save_pruned_variants(
             name = f"prune-k{k}-{strategy}"
             meta = {"strategy": strategy, "k": k, "removed_layers": list(row.layers), "removed_units": list(row.units),
                     "granularity": row.granularity, "eval_ppl": float(row.eval_ppl), "best_at_k": strategy == best,
-                    "pruning_config_key": config_key("pruning", config), "config": config}
+                    "pruning_config_key": config_key("pruning", config, CODE), "config": config}
             names.append(name)
             if existing.get(name, {}).get("pruning_config_key") == meta["pruning_config_key"]:
                 continue
@@ -258,128 +254,3 @@ def save_pruned_variants(
             save_variant(name, pruned, tokenizer, meta, seed=config.seed)
             del pruned
     return names
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """How well the cheap proxies track the truth, and how stable each strategy's choice is.
-
-    Correlation: Spearman's ρ between each proxy and the one-layer-out ΔPPL on the calibration
-    blocks, with percentile bootstrap intervals over calibration blocks (``n_boot`` resamples;
-    Taylor, which does not decompose over samples, gets a delete-one jackknife interval).
-    Stability: ``draws`` random subsets of ``sizes`` calibration blocks (seed = which blocks are
-    drawn); each strategy's choice at ``ks`` on each subset, compared across draws (mean pairwise
-    Jaccard) and with the choice on all calibration blocks. Strategies that measure the model by
-    search or gradients are re-run on ``search_draws`` subsets of each of ``search_sizes`` blocks.
-    """
-
-    pruning: PruningConfig = field(default_factory=PruningConfig)
-    proxies: tuple[str, ...] = ("block-influence", "angular", "angular-all", "ablation-kl", "taylor")
-    truth: str = "ablation-ppl"
-    n_boot: int = 1000
-    level: float = 0.95
-    sizes: tuple[int, ...] = (2, 4)
-    draws: int = 10
-    ks: tuple[int, ...] = (3, 6, 9)
-    stability_strategies: tuple[str, ...] = ("block-influence", "angular", "angular-block", "ablation-nll",
-                                             "ablation-kl", "contiguous-nll", "taylor+", "sleb")
-    search_sizes: tuple[int, ...] = (4,)
-    search_draws: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in (*self.proxies, self.truth):
-            if name not in SCORES:
-                raise KeyError(f"unknown score {name!r}; choose one of {sorted(SCORES)}")
-        for name in self.stability_strategies:
-            if get_strategy(name).granularity != "layer":
-                raise ValueError(f"stability is studied for layer strategies; {name!r} is not one")
-        if not 0 < self.level < 1 or self.n_boot < 10 or self.draws < 2 or self.search_draws < 0:
-            raise ValueError("need 0 < level < 1, n_boot >= 10, draws >= 2 and search_draws >= 0")
-        n = self.pruning.scoring.calib.n_blocks
-        too_big = [s for s in (*self.sizes, *self.search_sizes) if not 1 <= s <= n]
-        if too_big:
-            raise ValueError(f"calibration subset sizes {too_big} outside 1 … {n} (the calibration blocks)")
-
-
-def _proxy_on(scan: AblationScan, name: str, rows: np.ndarray) -> np.ndarray:
-    sub = LayerScores(scans=[scan.subset(rows)])
-    return sub.score(name)
-
-
-def _jaccard(a: list[int], b: list[int]) -> float:
-    a, b = set(a), set(b)
-    return len(a & b) / len(a | b) if a | b else 1.0
-
-
-def study_stage(config: StudyConfig) -> dict[str, pd.DataFrame]:
-    """``{"correlation", "stability", "choices"}`` tables of the proxy-vs-truth study (cached)."""
-
-    def compute():
-        seed_everything(config.seed)
-        model, _ = shared_model(config.pruning.similarity.model)
-        L = num_layers(model)
-        _check_ks(config.ks, L)
-        ctx = scoring_context(config.pruning)
-        scan = ctx.scan()
-        N = scan.n_samples
-        everything = np.arange(N)
-        rng = np.random.default_rng(config.seed)
-        alpha = (1 - config.level) / 2
-        truth = _proxy_on(scan, config.truth, everything)
-        correlation = []
-        boots = [rng.integers(0, N, N) for _ in range(config.n_boot)]
-        for proxy in config.proxies:
-            if proxy.startswith("taylor"):
-                taylor = ctx.taylor()
-                if not len(taylor.loo):
-                    raise ValueError("the Taylor interval needs ScoringConfig(taylor_jackknife=True)")
-                rho = float(stats.spearmanr(taylor.score, truth).statistic)
-                reps = np.array([stats.spearmanr(taylor.loo[i], _proxy_on(scan, config.truth, np.delete(everything, i))).statistic
-                                 for i in range(N)])
-                se = math.sqrt((N - 1) / N * ((reps - reps.mean()) ** 2).sum())
-                z = stats.norm.ppf(1 - alpha)
-                correlation.append({"proxy": proxy, "spearman": rho, "low": rho - z * se, "high": min(1.0, rho + z * se),
-                                    "interval": f"jackknife ({N} leave-one-out)"})
-                continue
-            rho = float(stats.spearmanr(_proxy_on(scan, proxy, everything), truth).statistic)
-            reps = np.array([stats.spearmanr(_proxy_on(scan, proxy, rows), _proxy_on(scan, config.truth, rows)).statistic
-                             for rows in boots])
-            low, high = np.nanquantile(reps, [alpha, 1 - alpha])
-            correlation.append({"proxy": proxy, "spearman": rho, "low": float(low), "high": float(high),
-                                "interval": f"bootstrap ({config.n_boot} resamples of {N} blocks)"})
-
-        choices = []
-        full = {s: {k: select_layers(ctx, k, s) for k in config.ks} for s in config.stability_strategies}
-        for strategy in config.stability_strategies:
-            spec = get_strategy(strategy)
-            searched = spec.needs_model and strategy not in ("ablation-nll", "ablation-kl", "contiguous-nll")
-            sizes = config.search_sizes if searched else config.sizes
-            draws = config.search_draws if searched else config.draws
-            for size in sizes:
-                for draw in range(draws):
-                    rows = np.sort(np.random.default_rng([config.seed, size, draw]).choice(N, size, replace=False))
-                    sub = scan.subset(rows)
-                    if searched:
-                        sub_ctx = LayerScores(sub.similarity(), ctx.model, ctx.calib[rows], batch_size=ctx.batch_size,
-                                              shortlist=ctx.shortlist, scans=[sub], greedy_steps=max(config.ks))
-                    else:
-                        sub_ctx = LayerScores(scans=[sub])
-                    if spec.nested:
-                        select_layers(sub_ctx, max(config.ks), strategy)
-                    for k in config.ks:
-                        layers = select_layers(sub_ctx, k, strategy)
-                        choices.append({"strategy": strategy, "size": size, "draw": draw, "k": k, "layers": layers,
-                                        "jaccard_full": _jaccard(layers, full[strategy][k])})
-        table = pd.DataFrame(choices)
-        stability = []
-        for (strategy, size, k), group in table.groupby(["strategy", "size", "k"], sort=False):
-            picks = list(group.layers)
-            pairs = [_jaccard(a, b) for i, a in enumerate(picks) for b in picks[i + 1:]]
-            stability.append({"strategy": strategy, "size": size, "k": k, "draws": len(picks),
-                              "jaccard_between_draws": float(np.mean(pairs)) if pairs else float("nan"),
-                              "jaccard_with_full": float(group.jaccard_full.mean())})
-        return {"correlation": correlation, "stability": stability, "choices": choices}
-
-    result = cached_json("study", config, compute, seed=config.seed)
-    return {name: pd.DataFrame(rows) for name, rows in result.items()}

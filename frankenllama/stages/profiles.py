@@ -1,0 +1,131 @@
+"""Named profiles: every stage's config for one run of the workbook, built in one place.
+
+A profile fixes every setting of every notebook: ``"default"`` fits the whole pipeline on a
+2-core CPU in about half an hour; ``"smoke"`` runs every notebook end to end in a minute or two
+(tests and CI); ``"thesis"`` uses every evaluation item and larger calibration and healing budgets
+(meant for a GPU). Configs are built in dependency order — similarity → pruning → study →
+healing → evaluation — so a later stage always reads the results an earlier one cached: notebook 02
+measures on notebook 01's similarity statistics, notebook 03 heals the cut notebook 02 found.
+
+A notebook's parameters cell names the profile and overrides single fields, with dotted paths
+that start with the stage: ``{"pruning.eval_data.n_blocks": 32}``. An override of an early
+stage reaches every later stage that contains it (the pruning config holds the similarity config).
+
+    from frankenllama.stages.profiles import build
+    profile = build("default", model="smollm2-135m", overrides={"study.n_boot": 2000})
+    curves = pruning_stage(profile.pruning)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from frankenllama.models import DEFAULT_MODEL
+from frankenllama.selection import STRATEGIES
+from frankenllama.stages.common import DataConfig
+from frankenllama.stages.pruning import STUDY_KS, PruningConfig, ScoringConfig
+from frankenllama.stages.similarity import SimilarityConfig
+from frankenllama.stages.study import StudyConfig
+
+PROFILES: tuple[str, ...] = ("default", "smoke", "thesis")
+HEAL_K = 6  # notebooks 03 onwards heal the best strategy's choice at this k (20 % of SmolLM2's 30 blocks)
+
+
+class UnknownProfileError(KeyError):
+    """A profile name that is not one of ``PROFILES``."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Every stage config of one named profile; ``heal_k`` is the k whose best cut the later notebooks heal."""
+
+    name: str
+    similarity: SimilarityConfig
+    pruning: PruningConfig
+    study: StudyConfig
+    heal_k: int
+
+    @property
+    def model(self) -> str:
+        return self.similarity.model
+
+
+# The settings of each profile, by stage; everything not named here is the config dataclass's default.
+_SETTINGS: dict[str, dict[str, Any]] = {
+    "default": dict(
+        calib=(256, 64),  # (block_len, blocks) of the similarity statistics: 16k tokens
+        score=(128, 8, 4),  # (block_len, blocks, of which sub-block measurements use) for scores and searches
+        eval=(256, 16),  # held-out blocks of the pruning curves
+        ks=tuple(range(0, 13, 3)),
+        sublayer_ks=(0, *STUDY_KS), search_ks=STUDY_KS, study_ks=STUDY_KS,
+        shortlist=8, strategies=tuple(s for s in STRATEGIES if s != "blockpruner"),
+        study=dict(n_boot=1000, draws=10, sizes=(2, 4), search_sizes=(4,), search_draws=2),
+        heal_k=HEAL_K,
+    ),
+    "smoke": dict(
+        calib=(64, 4), score=(64, 2, 2), eval=(64, 2), ks=(0, 1, 2),
+        sublayer_ks=(0, 1, 2), search_ks=(1, 2), study_ks=(1,),
+        shortlist=8, strategies=tuple(s for s in STRATEGIES if s != "blockpruner"),
+        study=dict(n_boot=50, draws=3, sizes=(1, 2), search_sizes=(1,), search_draws=1),
+        heal_k=2,
+    ),
+    "thesis": dict(
+        calib=(256, 256), score=(256, 32, 32), eval=(256, 64), ks=tuple(range(0, 16)),
+        sublayer_ks=tuple(range(0, 13, 3)), search_ks=tuple(range(1, 13)), study_ks=STUDY_KS,
+        shortlist=None, strategies=tuple(STRATEGIES),
+        study=dict(n_boot=2000, draws=20, sizes=(4, 8, 16), search_sizes=(8,), search_draws=4),
+        heal_k=HEAL_K,
+    ),
+}
+
+
+def _replace_path(config: Any, path: list[str], value: Any, full: str) -> Any:
+    """``config`` with the field at dotted ``path`` set to ``value`` (lists become tuples where a tuple was)."""
+    name = path[0]
+    if not dataclasses.is_dataclass(config) or name not in {f.name for f in dataclasses.fields(config)}:
+        fields = sorted(f.name for f in dataclasses.fields(config)) if dataclasses.is_dataclass(config) else []
+        raise KeyError(f"override {full!r}: {type(config).__name__} has no field {name!r}; its fields are {fields}")
+    current = getattr(config, name)
+    if len(path) > 1:
+        value = _replace_path(current, path[1:], value, full)
+    elif isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    return dataclasses.replace(config, **{name: value})
+
+
+def _apply(config: Any, stage: str, overrides: dict[str, Any]) -> Any:
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head == stage and rest:
+            config = _replace_path(config, rest.split("."), value, key)
+    return config
+
+
+def build(name: str = "default", model: str | None = None, corpus: str | None = None,
+          overrides: dict[str, Any] | None = None) -> Profile:
+    """The stage configs of profile ``name`` for ``model`` on ``corpus``, with dotted-path ``overrides``."""
+    if name not in _SETTINGS:
+        raise UnknownProfileError(f"unknown profile {name!r}; choose one of {PROFILES}")
+    s, overrides = _SETTINGS[name], dict(overrides or {})
+    stages = ("similarity", "pruning", "study", "heal_k")
+    unknown = [key for key in overrides if key.partition(".")[0] not in stages]
+    if unknown:
+        raise KeyError(f"overrides {unknown} name no stage; start each with one of {stages}")
+    model, corpus = model or DEFAULT_MODEL, corpus or "wiki-leads"
+    similarity = _apply(SimilarityConfig(model, DataConfig(corpus, "calib", *s["calib"]), batch_size=8),
+                        "similarity", overrides)
+    score_len, score_blocks, sublayer_blocks = s["score"]
+    pruning = _apply(PruningConfig(
+        similarity=similarity,
+        scoring=ScoringConfig(DataConfig(corpus, "calib", score_len, score_blocks), batch_size=4,
+                              shortlist=s["shortlist"], sublayer_blocks=sublayer_blocks),
+        eval_data=DataConfig(corpus, "eval", *s["eval"]), strategies=s["strategies"], ks=s["ks"],
+        sublayer_ks=s["sublayer_ks"], search_ks=s["search_ks"], batch_size=4), "pruning", overrides)
+    study = _apply(StudyConfig(pruning=pruning, ks=s["study_ks"], **s["study"]), "study", overrides)
+    heal_k = int(overrides.get("heal_k", s["heal_k"]))
+    return Profile(name, similarity, pruning, study, heal_k)
