@@ -7,7 +7,7 @@ it inside the block, so a block contributes ``T - 1`` predictions (the first tok
 tokenizer uses one, is context only). Perplexity is ``exp`` of the mean negative log-likelihood over
 all predictions of all blocks (a token-weighted mean, not a mean of per-block perplexities). Blocks
 are processed ``batch_size`` at a time; an optional ``attention_mask`` excludes padded positions.
-Log-probabilities are computed in float32 whatever the model's dtype (``frankenllama.loss.next_token_nll``).
+Log-probabilities are computed in float32 whatever the model's dtype.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from frankenllama.data import context_length
-from frankenllama.loss import next_token_nll
 from frankenllama.models import model_device
 
 
@@ -49,7 +49,10 @@ def token_nll(
     for start in tqdm(range(0, len(input_ids), batch_size), desc="perplexity", disable=not progress, leave=False):
         ids = input_ids[start : start + batch_size].to(device)  # (B, T)
         mask = None if attention_mask is None else attention_mask[start : start + batch_size].to(device)
-        nll = next_token_nll(model(input_ids=ids, attention_mask=mask).logits, ids)  # (B, T-1)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+        # Not loss.next_token_nll: its flattened cross-entropy is closer to a float64 reference, but on
+        # SmolLM2 (V = 49,152) it moves this perplexity by 1.1e-4 relative, and a refactor keeps numbers.
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
         if mask is not None:
             valid = mask[:, 1:].bool() & mask[:, :-1].bool()
             nll, n = nll[valid], int(valid.sum())
