@@ -16,7 +16,7 @@ import time
 
 import pandas as pd
 
-from frankenllama.efficiency import SpeedConfig, compare_efficiency
+from frankenllama.eval.efficiency import SpeedConfig, compare_efficiency
 from frankenllama.models import DEFAULT_MODEL, load_model, num_layers
 from frankenllama.surgery import drop_layers
 

@@ -18,7 +18,7 @@ import time
 import torch
 
 from frankenllama.models import DEFAULT_MODEL, load_model
-from frankenllama.tasks import evaluate_tasks
+from frankenllama.eval.zero_shot import evaluate_tasks
 
 PUBLISHED = {"hellaswag": 40.9, "arc_average": 37.3, "piqa": 66.3}  # acc_norm, %, lighteval with chat template
 

@@ -6,7 +6,7 @@ The five entry points of the workbook::
 """
 
 from frankenllama.models import load_model
-from frankenllama.perplexity import perplexity
+from frankenllama.eval.perplexity import perplexity
 from frankenllama.selection import select_layers
 from frankenllama.similarity import layer_similarity
 from frankenllama.surgery import drop_layers

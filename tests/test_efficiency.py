@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frankenllama.efficiency import (
+from frankenllama.eval.efficiency import (
     SpeedConfig,
     block_parameters,
     bytes_on_disk,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from frankenllama.fidelity import generations_side_by_side, next_token_fidelity, repeated_ngram_fraction
+from frankenllama.eval.fidelity import generations_side_by_side, next_token_fidelity, repeated_ngram_fraction
 from frankenllama.surgery import drop_layers
 from tiny_lm import char_tokenizer, tiny_llama
 

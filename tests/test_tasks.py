@@ -8,21 +8,24 @@ import math
 import pytest
 import torch
 
-from frankenllama import tasks as T
-from frankenllama.tasks import (
-    ChatTemplateError,
+from frankenllama.eval import tasks as T
+from frankenllama.eval.tasks import (
     Doc,
     EmptyTaskError,
-    TaskEvalConfig,
     TaskFormatError,
     UnknownTaskError,
-    accuracy,
-    encode_pair,
-    evaluate_tasks,
     load_jsonl_task,
     load_task,
-    score_docs,
     subsample,
+)
+from frankenllama.eval.zero_shot import (
+    ChatTemplateError,
+    TaskEvalConfig,
+    accuracy,
+    apply_chat,
+    encode_pair,
+    evaluate_tasks,
+    score_docs,
 )
 from tiny_lm import char_tokenizer, tiny_llama
 
@@ -47,7 +50,7 @@ def model():
 def manual_loglik(model, tokenizer, context: str, continuation: str, chat: bool = False) -> float:
     """Sum of log p(continuation tokens | context) from one plain forward pass of context + continuation."""
     if chat:
-        context = T.apply_chat(tokenizer, context)
+        context = apply_chat(tokenizer, context)
     ctx, cont = encode_pair(tokenizer, context, continuation, add_special_tokens=not chat)
     ids = torch.tensor([ctx + cont])
     with torch.no_grad():
@@ -223,14 +226,3 @@ def test_real_model_on_a_few_items_of_a_real_task():
             assert value == pytest.approx(manual_loglik(model, tokenizer, context, continuation, chat=True), abs=1e-3)
     result = accuracy(docs, score_docs(model, tokenizer, docs, chat_template=True), "arc_easy")
     assert result.acc > result.chance
-
-
-def test_lm_eval_bridge_names_the_fix_when_missing(model, tokenizer):
-    import importlib.util
-
-    from frankenllama.lmeval_bridge import LmEvalMissingError, run_lm_eval
-
-    if importlib.util.find_spec("lm_eval") is not None:
-        pytest.skip("lm-eval is installed")
-    with pytest.raises(LmEvalMissingError, match="pip install lm-eval"):
-        run_lm_eval(model, tokenizer, ["arc_easy"], limit=2)

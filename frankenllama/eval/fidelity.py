@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from frankenllama.models import model_device
-from frankenllama.tasks import apply_chat
+from frankenllama.eval.zero_shot import apply_chat
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "What is the capital of France?",

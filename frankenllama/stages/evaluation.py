@@ -1,12 +1,15 @@
-"""The final comparison: the unpruned model against every pruned / healed variant in the store.
+"""Notebook 04's stage, the final comparison: the unpruned model against every variant in the store.
 
 For each model the stage measures what it kept and lost — zero-shot accuracy on the
-``frankenllama.tasks`` benchmarks, held-out perplexity, fidelity to the original
-(``frankenllama.fidelity``: KL divergence and top-1 agreement) — and what it gained
-(``frankenllama.efficiency``: parameters, bytes, memory, prefill and decode speed, all variants timed
-side by side with the original in one run). Per-model results are cached under a key made of the
-evaluation config and the variant's identity (its provenance record), so adding a variant only
-evaluates that one; the speed table is cached for the exact set of models it compared.
+``frankenllama.eval.tasks`` benchmarks (scored by ``frankenllama.eval.zero_shot``), held-out
+perplexity (``frankenllama.eval.perplexity``), fidelity to the original
+(``frankenllama.eval.fidelity``: KL divergence and top-1 agreement) — and what it gained
+(``frankenllama.eval.efficiency``: parameters, bytes, memory, prefill and decode speed, all variants
+timed side by side with the original in one run). Per-model results are cached under a key made of
+the evaluation config and the variant's identity (its provenance record), so adding a variant only
+evaluates that one; the speed table and the generations are cached for the exact set of models they
+compared. Every cache key also holds the version of ``CODE``: a change to how a number is computed
+recomputes it. ``frankenllama.figures.evaluation`` draws the stage's figures.
 
 Depth pruning can leave perplexity almost intact while question-answering accuracy collapses
 (Gromov et al. 2024, arXiv:2403.17887), hence the per-task view and "% retained" =
@@ -17,24 +20,26 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from frankenllama.cache import cached_json, seed_everything
-from frankenllama.efficiency import SpeedConfig, compare_efficiency
-from frankenllama.fidelity import DEFAULT_PROMPTS, generations_side_by_side, next_token_fidelity
+from frankenllama.data import load_corpus, token_blocks
+from frankenllama.eval.efficiency import SpeedConfig, compare_efficiency
+from frankenllama.eval.fidelity import DEFAULT_PROMPTS, generations_side_by_side, next_token_fidelity
+from frankenllama.eval.perplexity import perplexity
+from frankenllama.eval.tasks import DEFAULT_TASKS
+from frankenllama.eval.zero_shot import TaskEvalConfig, evaluate_tasks
 from frankenllama.models import DEFAULT_MODEL, decoder_layers, load_model, model_folder
-from frankenllama.perplexity import perplexity
-from frankenllama.plotting import COLUMN_WIDTH, PALETTE, TEXT_WIDTH, save_figure, series_style
-from frankenllama.tasks import DEFAULT_TASKS, TASKS, TaskEvalConfig, evaluate_tasks
-from frankenllama.variants import META_FILE, VariantInfo, list_variants, load_variant
+from frankenllama.stages.common import shared_model
+from frankenllama.variants import META_FILE, VariantInfo, list_variants
 
+# what computes the cached results: the measurements, the data and model loading, and this module
+CODE = ("frankenllama.eval", "frankenllama.data", "frankenllama.models", "frankenllama.sublayer", "frankenllama.stages.evaluation")
 BASELINE = "original"
 
 
@@ -99,15 +104,6 @@ def variants_to_compare(config: EvaluationConfig) -> list[VariantInfo]:
     return keep if config.max_variants is None else keep[: config.max_variants]
 
 
-def load_any_variant(info: VariantInfo):
-    """Load a stored variant; sub-block-pruned ones through ``frankenllama.sublayer``."""
-    if info.meta.get("granularity") == "sublayer":
-        from frankenllama.sublayer import load_sublayer_pruned
-
-        return load_sublayer_pruned(info.path)
-    return load_variant(info.name)
-
-
 def evaluate_model(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -135,38 +131,37 @@ def evaluation_stage(config: EvaluationConfig) -> dict[str, Any]:
     Returns ``{"results": {name: per-model dict}, "speed": table as records, "generations": records,
     "meta": {name: variant meta}}``.
     """
-    from frankenllama.data import load_corpus, token_blocks
-
     seed_everything(config.seed)
-    reference, tokenizer = load_model(config.model)
-    texts = load_corpus(config.corpus, "eval")
-    ppl_ids = token_blocks(tokenizer, texts, config.block_len, max_blocks=config.ppl_blocks)  # (N, T)
-    fid_ids = ppl_ids[: config.fidelity_blocks]
+    reference, tokenizer = shared_model(config.model)
+    ppl_ids = token_blocks(tokenizer, load_corpus(config.corpus, "eval"), config.block_len, max_blocks=config.ppl_blocks)  # (N, T)
+    fid_ids = ppl_ids[: config.fidelity_blocks]  # (N_fid, T)
     infos = variants_to_compare(config)
-    results, metas, models = {}, {BASELINE: {}}, {BASELINE: reference}
+    results, metas, loaded = {}, {BASELINE: {}}, {}
     for info in [None, *infos]:
         name = BASELINE if info is None else info.name
         key = {"evaluation": config, "identity": _identity(info, config)}
 
-        def compute(info=info):
-            model = reference if info is None else load_any_variant(info)[0]
-            models[name] = model
+        def compute(info=info, name=name):
+            model = reference if info is None else load_model(info.path)[0]
+            loaded[name] = model
             return evaluate_model(model, tokenizer, reference, config, ppl_ids, fid_ids)
 
-        results[name] = cached_json("evaluation", key, compute, seed=config.seed)
+        results[name] = cached_json("evaluation", key, compute, seed=config.seed, code=CODE)
         if info is not None:
             metas[name] = info.meta
-    for info in infos:  # the speed table and generations need every model in memory at once
-        if info.name not in models:
-            models[info.name] = load_any_variant(info)[0]
-    speed_key = {"speed": config.speed, "models": {n: _identity(i, config) for n, i in [(BASELINE, None), *[(i.name, i) for i in infos]]}}
+    # the speed table and the generations need every model in memory at once, in the store's order
+    models = {BASELINE: reference, **{i.name: loaded[i.name] if i.name in loaded else load_model(i.path)[0] for i in infos}}
+    identities = {BASELINE: _identity(None, config), **{i.name: _identity(i, config) for i in infos}}
+    speed_key = {"speed": config.speed, "models": identities}
     speed = cached_json(
-        "efficiency", speed_key, lambda: compare_efficiency(models, config.speed).reset_index(names="model").to_dict("records")
-    )
-    gen_key = {"prompts": config.prompts, "max_new_tokens": config.max_new_tokens, "models": speed_key["models"]}
+        "efficiency", speed_key, lambda: compare_efficiency(models, config.speed).reset_index(names="model").to_dict("records"),
+        code=CODE,
+    )  # fmt: skip
+    gen_key = {"prompts": config.prompts, "max_new_tokens": config.max_new_tokens, "models": identities}
     generations = cached_json(
         "generations", gen_key,
         lambda: generations_side_by_side(models, tokenizer, config.prompts, config.max_new_tokens).to_dict("records"),
+        code=CODE,
     )  # fmt: skip
     return {"results": results, "speed": speed, "generations": generations, "meta": metas}
 
@@ -204,64 +199,3 @@ def comparison_table(stage: dict[str, Any], metric: str = "acc_norm") -> pd.Data
     table["decode_ms_b1"] = 1000 / speed["decode_tps_b1"] if "decode_tps_b1" in speed else np.nan
     table.index.name = "model"
     return table
-
-
-# --------------------------------------------------------------------------------------------------
-# figures
-
-
-def _pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Indices of the points not dominated (smaller x and larger y are better), sorted by x."""
-    order = np.argsort(x)
-    front, best = [], -np.inf
-    for i in order:
-        if y[i] > best:
-            front.append(i)
-            best = y[i]
-    return np.array(front, dtype=int)
-
-
-def pareto_figure(table: pd.DataFrame, out_dir: Path, name: str = "pareto_accuracy") -> plt.Figure:
-    """Average accuracy against parameters and against decode latency; the Pareto front joined."""
-    panels = [("params_M", "parameters (M)"), ("decode_ms_b1", "decode latency, batch 1 (ms/token)")]
-    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 2.8), sharey=True)
-    for ax, (col, label) in zip(axes, panels):
-        data = table[[col, "average"]].dropna()
-        x, y = data[col].to_numpy(float), data["average"].to_numpy(float)
-        for i, (model, row) in enumerate(data.drop(index=BASELINE, errors="ignore").iterrows()):
-            ax.scatter(row[col], row["average"], s=28, zorder=3, label=model, **series_style(i, "scatter"))
-        if BASELINE in data.index:
-            ax.scatter(data.loc[BASELINE, col], data.loc[BASELINE, "average"], color=PALETTE[-1], marker="*", s=60,
-                       zorder=3, label=BASELINE)
-        if len(data) > 1:
-            front = _pareto_front(x, y)
-            ax.plot(x[front], y[front], color="0.6", lw=1, zorder=2, ls="--")
-        ax.set_xlabel(label)
-    axes[0].set_ylabel("average accuracy (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels)), fontsize=7)
-    fig.tight_layout()
-    save_figure(fig, name, out_dir)
-    return fig
-
-
-def retention_figure(table: pd.DataFrame, out_dir: Path, name: str = "task_retention") -> plt.Figure:
-    """Per-task accuracy of each variant as % of the original's (grouped bars; 100 % = no loss)."""
-    tasks = list(table.columns[: table.columns.get_loc("average") + 1])  # every task, then the average
-    variants = [m for m in table.index if m != BASELINE]
-    fig, ax = plt.subplots(figsize=(TEXT_WIDTH if len(tasks) > 4 else COLUMN_WIDTH, 2.8))
-    if not variants:
-        ax.text(0.5, 0.5, "no variants in the store yet:\nrun notebooks 02 and 03", ha="center", va="center", transform=ax.transAxes)
-    width = 0.8 / max(len(variants), 1)
-    for i, model in enumerate(variants):
-        retained = 100 * table.loc[model, tasks] / table.loc[BASELINE, tasks]
-        ax.bar(np.arange(len(tasks)) + (i - (len(variants) - 1) / 2) * width, retained, width, label=model,
-               linewidth=0, **series_style(i, "bar"))
-    ax.axhline(100, color="0.3", lw=0.8)
-    ax.set_xticks(np.arange(len(tasks)), [TASKS[t].title if t in TASKS else t for t in tasks], rotation=30, ha="right")
-    ax.set_ylabel("accuracy retained (%)")
-    if variants:
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    save_figure(fig, name, out_dir)
-    return fig

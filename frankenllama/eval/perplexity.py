@@ -50,8 +50,9 @@ def token_nll(
         ids = input_ids[start : start + batch_size].to(device)  # (B, T)
         mask = None if attention_mask is None else attention_mask[start : start + batch_size].to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
-        targets = ids[:, 1:]  # (B, T-1)
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, T-1)
+        # Not loss.next_token_nll: its flattened cross-entropy is closer to a float64 reference, but on
+        # SmolLM2 (V = 49,152) it moves this perplexity by 1.1e-4 relative, and a refactor keeps numbers.
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
         if mask is not None:
             valid = mask[:, 1:].bool() & mask[:, :-1].bool()
             nll, n = nll[valid], int(valid.sum())

@@ -1,5 +1,8 @@
 """One figure style and one way to save figures (PDF for the thesis, PNG for a quick look).
 
+Every figure module of ``frankenllama.figures`` draws with these sizes and colours and saves through
+``save_figure``, the only place that calls ``savefig``.
+
 Colours come from the Okabe–Ito palette, which stays distinguishable under the common forms of
 colour blindness; sizes target a single column (3.4 in) or the full text width (7 in).
 """

@@ -1,0 +1,313 @@
+"""Zero-shot multiple-choice evaluation by log-likelihood of the choices.
+
+Method (the "cloze" formulation of lm-evaluation-harness, Gao et al. 2021, and lighteval): each item
+(a ``frankenllama.eval.tasks.Doc``) is a context and ``n`` candidate continuations; the model's
+score of a choice is the summed log-probability of its continuation tokens given the context,
+``ll_i = Σ_t log p(c_i,t | context, c_i,<t)``. Two accuracies are reported:
+
+* ``acc`` — the choice with the highest ``ll_i`` is the prediction;
+* ``acc_norm`` — the highest ``ll_i / len(choice_i)``, the log-likelihood normalised by the choice's
+  length in *characters* (lighteval's ``LogProbCharNorm``, lm-eval-harness's ``acc_norm``), which
+  removes the bias towards short answers.
+
+Tokenization at the boundary follows lm-eval-harness: trailing whitespace of the context is moved to
+the front of the continuation, ``context + continuation`` is encoded whole, and the continuation's
+tokens are the whole encoding minus the first ``len(encode(context))`` tokens.
+
+Batching: a context is encoded and run **once** for all of its choices. Each item becomes one packed
+row ``[context | choice_1[:-1] | choice_2[:-1] | …]``; a 4-D attention mask lets every choice segment
+see the context and itself only, and position ids restart after the context for each segment, so
+one forward pass gives exactly the log-probabilities of separate ``context + choice`` passes
+(the first token of every choice is predicted from the context's last position). Rows are sorted by
+length and padded into batches; logits are computed only at the scored positions.
+
+With ``chat_template=True`` the context is wrapped as a single user turn
+(``apply_chat_template(..., add_generation_prompt=True)``) and the choices are scored as the start
+of the assistant's reply, as lighteval does with ``--use-chat-template``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from frankenllama.eval.tasks import DEFAULT_TASKS, TASKS, Doc, EmptyTaskError, TaskFormatError, check_task_name, load_task, subsample
+from frankenllama.loss import next_token_nll
+
+
+class ChatTemplateError(ValueError):
+    """A chat template was requested but the tokenizer has none."""
+
+
+def apply_chat(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """``text`` as one user turn followed by the assistant's generation prompt (lighteval's chat format)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            f"chat_template=True but the tokenizer {type(tokenizer).__name__} "
+            f"({getattr(tokenizer, 'name_or_path', '?')}) has no chat template; use chat_template=False "
+            "or load a tokenizer that defines one"
+        )
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+
+
+def encode_pair(
+    tokenizer: PreTrainedTokenizerBase, context: str, continuation: str, add_special_tokens: bool = True
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``(context, continuation)`` split as lm-eval-harness does.
+
+    Trailing whitespace of the context moves to the continuation; ``context + continuation`` is
+    encoded whole and the continuation is what follows the separately encoded context.
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens).input_ids
+    ctx = tokenizer(context, add_special_tokens=add_special_tokens).input_ids
+    cont = whole[len(ctx) :]
+    if not cont:
+        raise TaskFormatError(f"continuation {continuation!r} encodes to no tokens after context {context[-40:]!r}")
+    if not ctx:  # nothing to condition on: start from a prefix token, as lm-eval does
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ctx = [prefix]
+    return ctx, cont
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One packed row: a context and the continuations that share it."""
+
+    context: tuple[int, ...]
+    continuations: tuple[tuple[int, ...], ...]
+    keys: tuple[tuple[int, int], ...]  # (doc index, choice index) of each continuation
+
+    @property
+    def length(self) -> int:
+        return len(self.context) + sum(len(c) - 1 for c in self.continuations)
+
+
+def _units(
+    tokenizer: PreTrainedTokenizerBase, docs: Sequence[Doc], chat_template: bool, max_length: int | None
+) -> list[_Unit]:
+    units = []
+    for d, doc in enumerate(docs):
+        groups: dict[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, int]]]] = {}
+        for c, (context, continuation) in enumerate(doc.pairs()):
+            if chat_template:
+                context = apply_chat(tokenizer, context)
+            ctx, cont = encode_pair(tokenizer, context, continuation, add_special_tokens=not chat_template)
+            groups.setdefault(tuple(ctx), []).append((tuple(cont), (d, c)))
+        for ctx, members in groups.items():
+            conts = tuple(m[0] for m in members)
+            if max_length is not None:
+                budget = max_length - sum(len(c) - 1 for c in conts)
+                if budget < 1:
+                    raise TaskFormatError(f"item {d}: its choices alone exceed the model's context of {max_length} tokens")
+                ctx = ctx[-budget:]  # keep the end of an over-long context, as lm-eval does
+            units.append(_Unit(ctx, conts, tuple(m[1] for m in members)))
+    return units
+
+
+def _pack(units: Sequence[_Unit], pad_id: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Input ids, position ids, additive 4-D mask and scored (row, position, target, slot) of a batch."""
+    width = max(u.length for u in units)
+    n = len(units)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)  # (B, L)
+    pos = torch.zeros((n, width), dtype=torch.long)  # (B, L)
+    seg = torch.full((n, width), -1, dtype=torch.long)  # (B, L): 0 context, j+1 choice j, -1 padding
+    rows, cols, targets, slots = [], [], [], []
+    slot = 0
+    for b, unit in enumerate(units):
+        tc = len(unit.context)
+        ids[b, :tc] = torch.tensor(unit.context)
+        pos[b, :tc] = torch.arange(tc)
+        seg[b, :tc] = 0
+        start = tc
+        for j, cont in enumerate(unit.continuations):
+            body = cont[:-1]  # the last token is only ever a target
+            ids[b, start : start + len(body)] = torch.tensor(body, dtype=torch.long)
+            pos[b, start : start + len(body)] = torch.arange(tc, tc + len(body))
+            seg[b, start : start + len(body)] = j + 1
+            # token t of the choice is predicted at the context's last position (t = 0) or at body[t-1]
+            rows += [b] * len(cont)
+            cols += [tc - 1] + list(range(start, start + len(body)))
+            targets += list(cont)
+            slots += [slot] * len(cont)
+            start += len(body)
+            slot += 1
+        pos[b, start:] = torch.arange(width - start)  # padding: any valid position
+    q = torch.arange(width)
+    causal = q[None, :] <= q[:, None]  # (L, L) key <= query
+    seg_q, seg_k = seg[:, :, None], seg[:, None, :]  # (B, L, 1), (B, 1, L)
+    allowed = causal & (((seg_k == 0) & (seg_q >= 0)) | (seg_k == seg_q))  # (B, L, L)
+    allowed |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no empty softmax)
+    mask = torch.zeros((n, 1, width, width), dtype=dtype)
+    mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)  # (B, 1, L, L)
+    return ids, pos, mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets), torch.tensor(slots)
+
+
+def _batches(units: Sequence[_Unit], batch_size: int, max_batch_tokens: int) -> Iterable[list[_Unit]]:
+    """Longest first (an out-of-memory shows up at once), each batch within both budgets."""
+    order = sorted(units, key=lambda u: -u.length)
+    batch: list[_Unit] = []
+    for unit in order:
+        width = batch[0].length if batch else unit.length
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * width > max_batch_tokens):
+            yield batch
+            batch = []
+        batch.append(unit)
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def score_docs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    docs: Sequence[Doc],
+    chat_template: bool = False,
+    batch_size: int = 16,
+    max_batch_tokens: int = 4096,
+    progress: bool = False,
+) -> list[list[float]]:
+    """Summed log-likelihood (nats) of every choice of every item: ``out[item][choice]``.
+
+    See the module docstring for the packing scheme; the result equals scoring each
+    ``context + choice`` in its own forward pass, up to float rounding.
+    """
+    if chat_template:
+        apply_chat(tokenizer, "")  # fail before any work when there is no template
+    if batch_size < 1 or max_batch_tokens < 1:
+        raise ValueError(f"batch_size and max_batch_tokens must be positive, got {batch_size}, {max_batch_tokens}")
+    max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    units = _units(tokenizer, docs, chat_template, max_length)
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    device = head.weight.device
+    dtype = next(model.parameters()).dtype
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = [[math.nan] * len(doc.choices) for doc in docs]
+    total = sum(1 for _ in _batches(units, batch_size, max_batch_tokens))
+    for batch in tqdm(_batches(units, batch_size, max_batch_tokens), total=total, desc="scoring", disable=not progress, leave=False):
+        ids, pos, mask, rows, cols, targets, slots = _pack(batch, pad_id, dtype)
+        hidden = decoder(
+            input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device), use_cache=False
+        ).last_hidden_state  # (B, L, H)
+        logits = head(hidden[rows.to(device), cols.to(device)]).float()  # (P, V) scored positions only
+        # next_token_nll scores ids[1:]: one leading placeholder makes the targets those ids
+        logp = -next_token_nll(logits, F.pad(targets, (1, 0)), shifted=True).cpu()  # (P,)
+        sums = torch.zeros(int(slots.max()) + 1, dtype=torch.float64).index_add_(0, slots, logp.double())
+        keys = [key for unit in batch for key in unit.keys]
+        for (d, c), value in zip(keys, sums.tolist()):
+            out[d][c] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass(frozen=True)
+class TaskEvalConfig:
+    """What ``evaluate_tasks`` runs; validated on construction.
+
+    Attributes:
+        tasks: registry names (``TASKS``) or paths of JSONL task files.
+        limit: at most this many items per task, drawn with ``seed`` (``None``: all items).
+        seed: seed of the item sample.
+        chat_template: wrap each context as a user turn of the tokenizer's chat template.
+        batch_size: packed rows per forward pass.
+        max_batch_tokens: padded tokens per forward pass (bounds memory).
+    """
+
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    limit: int | None = None
+    seed: int = 0
+    chat_template: bool = False
+    batch_size: int = 16
+    max_batch_tokens: int = 4096
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            object.__setattr__(self, "tasks", (self.tasks,))
+        object.__setattr__(self, "tasks", tuple(str(t) for t in self.tasks))
+        if not self.tasks:
+            raise ValueError("no tasks given; name at least one of " + str(sorted(TASKS)))
+        for name in self.tasks:
+            check_task_name(name)
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit <= 0):
+            raise ValueError(f"limit must be a positive number of items or None (all items), got {self.limit!r}")
+        if self.batch_size < 1 or self.max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be positive")
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """Accuracy of one task; ``*_stderr`` is the binomial standard error ``sqrt(p(1-p)/(n-1))``."""
+
+    task: str
+    n: int
+    acc: float
+    acc_norm: float
+    acc_stderr: float
+    acc_norm_stderr: float
+    chance: float  # mean of 1/len(choices): the accuracy of guessing
+
+
+def _stderr(p: float, n: int) -> float:
+    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else math.nan
+
+
+def accuracy(docs: Sequence[Doc], scores: Sequence[Sequence[float]], task: str = "") -> TaskResult:
+    """``acc`` and ``acc_norm`` (log-likelihood per character of the choice) of scored items."""
+    if not docs:
+        raise EmptyTaskError(f"task {task!r} has no items to score")
+    hits = hits_norm = 0
+    for doc, ll in zip(docs, scores):
+        best = max(range(len(ll)), key=lambda i: ll[i])
+        best_norm = max(range(len(ll)), key=lambda i: ll[i] / max(len(doc.choices[i]), 1))
+        hits += best == doc.gold
+        hits_norm += best_norm == doc.gold
+    n = len(docs)
+    acc, acc_norm = hits / n, hits_norm / n
+    chance = sum(1 / len(d.choices) for d in docs) / n
+    return TaskResult(task, n, acc, acc_norm, _stderr(acc, n), _stderr(acc_norm, n), chance)
+
+
+def evaluate_tasks(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: Sequence[str] | str = DEFAULT_TASKS,
+    limit: int | None = None,
+    seed: int = 0,
+    chat_template: bool = False,
+    batch_size: int = 16,
+    max_batch_tokens: int = 4096,
+    progress: bool = False,
+) -> dict[str, TaskResult]:
+    """Zero-shot accuracy (``acc``, ``acc_norm``) of ``model`` on each task, keyed by task name.
+
+    ``tasks`` are registry names or JSONL paths; ``limit`` items per task are drawn with ``seed``.
+    """
+    config = TaskEvalConfig(tuple([tasks] if isinstance(tasks, str) else tasks), limit, seed, chat_template, batch_size, max_batch_tokens)
+    if config.chat_template:
+        apply_chat(tokenizer, "")
+    was_training = model.training
+    model.eval()
+    results = {}
+    try:
+        for name in config.tasks:
+            task = load_task(name)
+            docs = subsample(task.docs, config.limit, config.seed)
+            scores = score_docs(
+                model, tokenizer, docs, config.chat_template, config.batch_size, config.max_batch_tokens, progress
+            )
+            results[task.name] = accuracy(docs, scores, task.name)
+    finally:
+        model.train(was_training)
+    return results
