@@ -41,7 +41,7 @@ from frankenllama.healing.loop import TrainLog, eval_ppl, train
 from frankenllama.healing.patch import linear_patch
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.healing.result import HealResult
-from frankenllama.healing.save import load_healed, save_healed
+from frankenllama.healing.save import load_healed, rows_csv, save_healed
 from frankenllama.healing.trainer import RecipeTrainer
 from frankenllama.healing.validate import validate_run
 from frankenllama.surgery import removed_layers
@@ -98,6 +98,7 @@ def heal(
 
     def save(step: int, state: dict[str, Any]) -> None:
         save_checkpoint(checkpoint_dir, fingerprint, step, {**state, "wall_time_s": prior_wall + time.perf_counter() - t_call})
+        (checkpoint_dir / "losses.csv").write_text(rows_csv(state["losses"]))  # for a look at a running heal
 
     seed_everything(config.seed)
     work = copy.deepcopy(student)
