@@ -31,7 +31,8 @@ from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.surgery import check_layer_ids, drop_layers
 from frankenllama.variants import variant_path
 
-CODE = ("frankenllama.perplexity", "frankenllama.data", "frankenllama.models")  # what computes the cached reference
+# what computes the cached reference perplexity (this module included: it picks the blocks and the call)
+CODE = ("frankenllama.stages.healing", "frankenllama.perplexity", "frankenllama.data", "frankenllama.models")
 RECIPES = ("linear-patch", "lora", "kd-lora", "kd-full", "partial", "linear-patch+lora")
 
 
