@@ -16,7 +16,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.cache import atomic_dir, provenance, to_jsonable
-from frankenllama.paths import VARIANTS_DIR
+from frankenllama import paths
 
 META_FILE = "frankenllama.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -30,21 +30,36 @@ class VariantInfo:
 
 
 def save_model_folder(
-    folder: Path, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, meta: dict[str, Any], seed: int | None = None
+    folder: Path,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    meta: dict[str, Any],
+    seed: int | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """Save ``model`` + ``tokenizer`` as a plain transformers folder with ``frankenllama.json``, atomically."""
+    """Save ``model`` + ``tokenizer`` as a plain transformers folder with ``frankenllama.json``, atomically.
+
+    ``files``: extra text files to write beside the weights, ``{file name: text}`` (e.g. a loss log).
+    """
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         record = {"meta": to_jsonable(meta), **provenance(meta.get("config"), seed)}
         (tmp / META_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return folder
 
 
-def variant_path(name: str, root: Path = VARIANTS_DIR) -> Path:
+def _root(root: Path | None) -> Path:
+    """``root``, or the store under the cache folder, looked up when called (tests point it elsewhere)."""
+    return paths.VARIANTS_DIR if root is None else Path(root)
+
+
+def variant_path(name: str, root: Path | None = None) -> Path:
     if not _NAME.match(name):
         raise ValueError(f"variant name {name!r} must be letters, digits, '.', '_', '+' or '-'")
-    return root / name
+    return _root(root) / name
 
 
 def save_variant(
@@ -53,14 +68,15 @@ def save_variant(
     tokenizer: PreTrainedTokenizerBase,
     meta: dict[str, Any],
     seed: int | None = None,
-    root: Path = VARIANTS_DIR,
+    root: Path | None = None,
 ) -> Path:
     """Store ``model`` as variant ``name`` (replacing an older one of that name)."""
     return save_model_folder(variant_path(name, root), model, tokenizer, meta, seed)
 
 
-def list_variants(root: Path = VARIANTS_DIR) -> list[VariantInfo]:
+def list_variants(root: Path | None = None) -> list[VariantInfo]:
     """Every complete variant in the store, sorted by name."""
+    root = _root(root)
     if not root.is_dir():
         return []
     out = []
@@ -72,12 +88,12 @@ def list_variants(root: Path = VARIANTS_DIR) -> list[VariantInfo]:
     return out
 
 
-def load_variant(name: str, dtype: str = "auto", device: str = "auto", root: Path = VARIANTS_DIR):
+def load_variant(name: str, dtype: str = "auto", device: str = "auto", root: Path | None = None):
     """Load variant ``name`` as ``(model, tokenizer)``."""
     from frankenllama.models import load_model
 
     path = variant_path(name, root)
     if not (path / META_FILE).is_file():
         known = [v.name for v in list_variants(root)]
-        raise KeyError(f"no variant {name!r} in {root}; known variants: {known}. Run the notebook that creates it first")
+        raise KeyError(f"no variant {name!r} in {_root(root)}; known variants: {known}. Run the notebook that creates it first")
     return load_model(path, dtype=dtype, device=device)

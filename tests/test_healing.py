@@ -9,8 +9,13 @@ is written.
 from __future__ import annotations
 
 import copy
+import json
+import pickle
+import random
 import types
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -20,6 +25,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedToken
 from conftest import tiny_llama
 from frankenllama.healing import (
     RECIPES,
+    CheckpointFormatError,
     CheckpointMismatchError,
     HealConfig,
     LoraTargetError,
@@ -32,6 +38,7 @@ from frankenllama.healing import (
     linear_patch,
     recovery_table,
 )
+from frankenllama.healing.checkpoint import INDEX_FILE, LEGACY_FILE, decode, encode, rng_state, set_rng_state
 from frankenllama.healing.teacher import cached_teacher_targets, full_kl, sparse_kl
 from frankenllama.models import decoder_layers
 from frankenllama.surgery import drop_layers
@@ -127,6 +134,78 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path, recipe,
     torch.testing.assert_close(logits(reloaded, evals), logits(full.model, evals))
     assert heal(student, tok, config, out_dir=out, **kwargs).cached
     assert not (tmp_path / ".healed.checkpoints").exists(), "checkpoints are removed after the final save"
+
+
+def test_checkpoint_is_safetensors_and_json_only(setup, tmp_path):
+    teacher, student, tok, train, _ = setup
+    config = HealConfig(recipe="lora", tokens=4 * 2 * 16, batch_size=2, checkpoint_every=1)
+
+    def kill(step, trainer):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        heal(student, tok, config, train_blocks=train, out_dir=tmp_path / "m", on_step=kill, progress=False)
+    folder = tmp_path / ".m.checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == [INDEX_FILE, "losses.csv", "tensors-00000003.safetensors"]
+    index = json.loads((folder / INDEX_FILE).read_text())
+    assert index["step"] == 3 and len(index["state"]["losses"]) == 3
+
+
+def test_checkpoint_encoding_round_trips_optimizer_and_rng_state_exactly():
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95))
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    random.random(), np.random.rand(), torch.rand(1)
+    state = {"optimizer": opt.state_dict(), "rng": rng_state(), "curve": [{"step": 1, "ppl": 1 / 3}]}
+    tensors: dict[str, torch.Tensor] = {}
+    back = decode(json.loads(json.dumps(encode(state, tensors))), tensors)
+    assert back["curve"] == state["curve"] and back["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    assert back["optimizer"]["state"].keys() == state["optimizer"]["state"].keys()  # int keys stay ints
+    for pid, moments in state["optimizer"]["state"].items():
+        assert all(torch.equal(back["optimizer"]["state"][pid][k], v) for k, v in moments.items())
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    set_rng_state(back["rng"])  # rewinds every generator to the saved point
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+    with pytest.raises(TypeError, match="cannot hold a set"):
+        encode({"bad": {1, 2}}, {})
+
+
+class _Payload:
+    """A pickle that creates ``marker`` when unpickled: what a malicious checkpoint would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("where", [LEGACY_FILE, INDEX_FILE, "tensors"])
+def test_checkpoint_with_a_pickle_payload_is_refused_without_running_it(setup, tmp_path, where):
+    teacher, student, tok, train, _ = setup
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Payload(probe)))
+    assert probe.exists(), "the payload must be live: unpickling it creates its marker"
+    marker, out, folder = tmp_path / "pwned", tmp_path / "m", tmp_path / ".m.checkpoints"
+    config = HealConfig(recipe="lora", tokens=4 * 2 * 16, batch_size=2, checkpoint_every=1)
+    if where == "tensors":  # a genuine checkpoint whose tensor file is swapped for the payload
+
+        def kill(step, trainer):
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            heal(student, tok, config, train_blocks=train, out_dir=out, on_step=kill, progress=False)
+        target = next(folder.glob("tensors-*.safetensors"))
+    else:
+        folder.mkdir()
+        target = folder / where
+    torch.save({"trainer": _Payload(marker)}, target) if where != INDEX_FILE else target.write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(CheckpointFormatError, match="was not loaded"):
+        heal(student, tok, config, train_blocks=train, out_dir=out, progress=False)
+    assert not marker.exists(), "loading the checkpoint ran the pickled code"
+    assert not out.exists()
 
 
 # ----------------------------------------------------------------------------- distillation targets

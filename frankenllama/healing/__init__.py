@@ -4,20 +4,32 @@
 registry (``"lora"``, ``"kd-lora"``, ``"kd-full"``, ``"partial"``, ``"linear-patch"``, or a
 composition such as ``"linear-patch+lora"``) and returns a ``HealResult``: the healed plain
 transformers model, tokens seen, wall time, tokens/s, eval perplexity before/after and along the
-way, and the loss log. See ``recipes`` for the methods and their papers, ``patch`` for the
-training-free ReplaceMe patch, ``trainer`` for the losses, ``pipeline`` for budget, resume and
-saving, ``compare`` for running several recipes alike, and ``report`` for the recovery table.
+way, and the loss log.
+
+Modules: ``recipes`` (the registry, the methods and their papers, ``HealConfig``), ``patch`` (the
+training-free ReplaceMe patch), ``teacher`` (cached teacher targets), ``trainer`` (the losses and
+one optimizer step), and ``heal``'s parts: ``validate`` (every check before any work),
+``fingerprint`` (what identifies a run), ``loop`` (batch order, training loop), ``checkpoint``
+(pickle-free resume), ``save`` (the variant folder), ``pipeline`` (``heal`` itself); ``compare``
+runs several recipes alike and ``report`` gives the recovery table. Notebook 03's stage is
+``frankenllama.stages.healing``; its figures are ``frankenllama.figures.healing``.
 """
 
-from frankenllama.healing.compare import choose_cut, compare_recipes, layers_to_remove
+from frankenllama.healing.checkpoint import CheckpointFormatError, CheckpointMismatchError
+from frankenllama.healing.compare import compare_recipes
+from frankenllama.healing.fingerprint import model_digest, tensor_digest
+from frankenllama.healing.loop import batch_indices
 from frankenllama.healing.patch import PatchError, PatchFit, linear_patch
-from frankenllama.healing.pipeline import CheckpointMismatchError, HealResult, batch_indices, heal, model_digest
+from frankenllama.healing.pipeline import heal
 from frankenllama.healing.recipes import RECIPES, HealConfig, Recipe, UnknownRecipeError, parse_recipe
-from frankenllama.healing.report import gap_recovered, plot_losses, plot_ppl_vs_tokens, recovery_table
+from frankenllama.healing.report import gap_recovered, recovery_table
+from frankenllama.healing.result import HealResult
+from frankenllama.healing.save import save_healed
 from frankenllama.healing.trainer import LoraTargetError, RecipeTrainer, TeacherMismatchError
 
 __all__ = [
     "RECIPES",
+    "CheckpointFormatError",
     "CheckpointMismatchError",
     "HealConfig",
     "HealResult",
@@ -29,15 +41,13 @@ __all__ = [
     "TeacherMismatchError",
     "UnknownRecipeError",
     "batch_indices",
-    "choose_cut",
     "compare_recipes",
     "gap_recovered",
     "heal",
-    "layers_to_remove",
     "linear_patch",
     "model_digest",
     "parse_recipe",
-    "plot_losses",
-    "plot_ppl_vs_tokens",
     "recovery_table",
+    "save_healed",
+    "tensor_digest",
 ]

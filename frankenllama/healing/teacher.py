@@ -32,7 +32,7 @@ from transformers import PreTrainedModel
 
 from frankenllama.cache import cached_arrays
 from frankenllama.models import model_device
-from frankenllama.paths import CACHE_DIR
+from frankenllama import paths
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,13 @@ def cached_teacher_targets(
     blocks_digest: str,
     batch_size: int = 4,
     progress: bool = False,
-    root: Path = CACHE_DIR,
+    root: Path | None = None,
 ) -> tuple[TeacherTargets, bool]:
     """``teacher_targets`` read from or written to the disk cache; returns ``(targets, computed_now)``.
 
     The key holds the digests of the teacher's weights and of the blocks (``frankenllama.healing.
-    pipeline.model_digest`` / ``tensor_digest``), the temperature and k.
+    fingerprint.model_digest`` / ``tensor_digest``), the temperature and k. ``root``: the cache
+    folder (default ``frankenllama.paths.CACHE_DIR``, looked up when called).
     """
     key = {"teacher": teacher_digest, "blocks": blocks_digest, "shape": list(blocks.shape),
            "temperature": float(temperature), "top_k": int(top_k)}  # fmt: skip
@@ -104,7 +105,7 @@ def cached_teacher_targets(
         t = teacher_targets(teacher, blocks, temperature, top_k, batch_size, progress)
         return {"indices": t.indices.numpy(), "logp": t.logp.numpy()}
 
-    arrays = cached_arrays("teacher", key, compute, root=root)
+    arrays = cached_arrays("teacher", key, compute, root=paths.CACHE_DIR if root is None else root)
     return TeacherTargets(torch.from_numpy(arrays["indices"]), torch.from_numpy(arrays["logp"]), float(temperature)), bool(computed)
 
 

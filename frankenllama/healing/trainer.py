@@ -13,7 +13,7 @@ weights unfrozen), its AdamW optimizer and learning-rate schedule, and the loss:
   after the last block before the cut, ``h_t`` the teacher's after the last removed block, i.e. the
   residual the rest of the network expects (Gromov et al. 2024, arXiv:2403.17887).
 
-The step is the unit the benchmark times and the loop in ``frankenllama.healing.pipeline`` repeats;
+The step is the unit the benchmark times and the loop in ``frankenllama.healing.loop`` repeats;
 ``state_dict``/``load_state_dict`` hold exactly what a bit-identical resume needs (trainable weights,
 optimizer and scheduler state).
 """
@@ -226,6 +226,8 @@ class RecipeTrainer:
             total = logits.new_zeros(())
             temp = cfg.kd_temperature
             log_p = F.log_softmax(logits, dim=-1)  # one full-vocabulary pass for the CE and, at T = 1, the KL
+            # Not frankenllama.loss.next_token_nll: it would redo this log-softmax for the KL, and its
+            # per-position NLL averaged differs from nll_loss's mean in the last float bits (logged losses).
             ce_w = 1.0 - cfg.kd_weight if self.recipe.distill else 1.0
             if ce_w > 0:
                 ce = F.nll_loss(log_p.reshape(-1, vocab), next_ids.reshape(-1))
