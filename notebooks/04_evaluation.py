@@ -11,23 +11,11 @@
 # ---
 
 # %% tags=["parameters"]
-model = "smollm2-135m"  # registry name, local transformers folder or GGUF file (the unpruned reference)
-tasks = "arc_easy,arc_challenge,hellaswag,piqa,winogrande,boolq,openbookqa,sciq"  # comma-separated task names or .jsonl paths
-limit = 20  # items per task, drawn with `seed`; 0 for all items; about 0.3 s an item on 2 idle cores
-chat_template = True  # score choices as the assistant's reply, as the published SmolLM2-Instruct numbers do
+profile = "default"  # "default" (2 CPU cores, 20 items per task), "smoke" (tests) or "thesis" (every item; a GPU)
+model = ""  # the unpruned reference: registry name, local folder or GGUF file; empty: the profile's (smollm2-135m)
+corpus = ""  # corpus for perplexity and KL (its eval split); empty: wiki-leads
 metric = "acc_norm"  # accuracy in the table and figures: "acc" or "acc_norm" (per-character normalised)
-corpus = "wiki-leads"  # corpus for perplexity and KL (its eval split)
-block_len = 256  # tokens per eval block
-ppl_blocks = 8  # eval blocks for perplexity
-fidelity_blocks = 4  # eval blocks for KL / top-1 agreement against the original
-prompt_len = 64  # prompt tokens when timing prefill and decode
-new_tokens = 16  # decode steps timed
-speed_repeats = 3  # interleaved repetitions of every timing
-speed_threads = 1  # torch threads while timing, 1 is steadiest when the cores are shared; 0 leaves them as they are
-max_new_tokens = 40  # tokens of each side-by-side greedy generation
-variant_prefix = ""  # compare only variants whose name starts with this; empty for every variant
-seed = 0  # seed of the item sample and of the stage
-smoke = False  # small, fast profile for tests and CI (~1-2 min)
+overrides = {}  # single settings, e.g. {"evaluation.tasks.limit": 100}; see frankenllama.stages.profiles
 
 # %% [markdown]
 # # 04 · What the pruned and healed models kept, lost and gained
@@ -39,7 +27,7 @@ smoke = False  # small, fast profile for tests and CI (~1-2 min)
 #
 # * **zero-shot accuracy** on eight multiple-choice benchmarks, by log-likelihood of each choice
 #   (`acc`, and `acc_norm` normalised by the choice's length in characters, as lighteval and
-#   lm-eval-harness do); prompts are documented in `frankenllama.tasks.TASKS`;
+#   lm-eval-harness do); prompts are documented in `frankenllama.eval.tasks.TASKS`;
 # * **fidelity** to the original: KL divergence and top-1 next-token agreement on held-out text,
 #   and greedy generations side by side with their repeated-3-gram fraction;
 # * **efficiency**: parameters, size, peak memory, prefill and decode throughput at batch 1 and 8,
@@ -52,42 +40,19 @@ smoke = False  # small, fast profile for tests and CI (~1-2 min)
 import pandas as pd
 from IPython.display import Markdown, display
 
-from frankenllama.efficiency import SpeedConfig
-from frankenllama.evaluation import (
-    EvaluationConfig,
-    comparison_table,
-    evaluation_stage,
-    pareto_figure,
-    retention_figure,
-    variants_to_compare,
-)
+from frankenllama.eval.tasks import TASKS
+from frankenllama.figures.evaluation import pareto_figure, retention_figure
+from frankenllama.figures.style import set_style
+from frankenllama.figures.tables import write_table
 from frankenllama.paths import figures_dir
-from frankenllama.plotting import set_style
-from frankenllama.tables import write_table
-from frankenllama.tasks import TASKS, TaskEvalConfig
+from frankenllama.stages.evaluation import comparison_table, evaluation_stage, variants_to_compare
+from frankenllama.stages.profiles import build
 
-task_names = tuple(t.strip() for t in tasks.split(",") if t.strip())
-batch_sizes = (1, 8)
-if smoke:
-    task_names, limit, block_len, ppl_blocks, fidelity_blocks = ("arc_easy", "piqa"), 4, 64, 2, 1
-    prompt_len, new_tokens, speed_repeats, max_new_tokens, batch_sizes = 16, 3, 1, 8, (1, 2)
 set_style()
-out = figures_dir(smoke)
-config = EvaluationConfig(
-    model=model,
-    tasks=TaskEvalConfig(task_names, limit=limit or None, seed=seed, chat_template=chat_template),
-    corpus=corpus,
-    block_len=block_len,
-    ppl_blocks=ppl_blocks,
-    fidelity_blocks=fidelity_blocks,
-    speed=SpeedConfig(batch_sizes, prompt_len, new_tokens, speed_repeats, warmup=0 if smoke else 1,
-                      threads=speed_threads or None),
-    max_new_tokens=max_new_tokens,
-    variant_prefix="smoke-" if smoke else variant_prefix,
-    exclude_prefix=None if smoke else "smoke-",
-    max_variants=1 if smoke else None,
-    seed=seed,
-)  # fmt: skip
+run = build(profile, model=model, corpus=corpus, overrides=overrides)
+out = figures_dir(run.name == "smoke")
+config = run.evaluation
+task_names, limit = config.tasks.tasks, config.tasks.limit
 print("variants:", [v.name for v in variants_to_compare(config)] or "none yet (run notebooks 02 and 03)")
 stage = evaluation_stage(config)
 
@@ -114,8 +79,8 @@ if limit:
     display(Markdown(
         f"With {limit} items per task, one task's accuracy has a standard error of up to {50 / limit**0.5:.0f} points and "
         f"the average over {len(task_names)} tasks about {50 / (limit * len(task_names))**0.5:.0f}: differences below that "
-        "are noise, and per-task retention can exceed 100 %. For the thesis table run with `limit = 0` (every item: hours "
-        "on a CPU, minutes on a GPU)."))
+        "are noise, and per-task retention can exceed 100 %. For the thesis table run the `thesis` profile (every item: "
+        "hours on a CPU, minutes on a GPU)."))
 table.round(2)
 
 # %% [markdown]

@@ -116,7 +116,7 @@ def test_best_strategy_table_reports_margins_and_ties():
 
 
 def test_part_swap_keeps_the_size_and_only_improves(ctx):
-    from frankenllama.perplexity import mean_nll
+    from frankenllama.eval.perplexity import mean_nll
     from frankenllama.scores import ATTN, part_swap_search, swap_search
     from frankenllama.sublayer import prune_sublayers
 

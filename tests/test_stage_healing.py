@@ -1,7 +1,7 @@
 """Notebook 03's stage on a pico llama saved to a temporary folder, with a temporary cache and variant store.
 
 Values checked: the healed variants have L − k blocks and record the cut; the cached reference
-perplexity equals ``frankenllama.perplexity`` on the same eval blocks, and the unhealed perplexity
+perplexity equals ``frankenllama.eval.perplexity`` on the same eval blocks, and the unhealed perplexity
 that of the pruned model; the recovery table is the gap formula; a second call reads every cache
 (the reference and each healed variant) instead of recomputing.
 """
@@ -19,7 +19,7 @@ from frankenllama import paths
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.healing import gap_recovered
 from frankenllama.models import load_model
-from frankenllama.perplexity import perplexity
+from frankenllama.eval.perplexity import perplexity
 from frankenllama.stages.common import shared_model
 from frankenllama.stages.healing import HealingStageConfig, healing_stage
 from frankenllama.surgery import drop_layers

@@ -16,7 +16,7 @@ from scipy import stats
 import conftest
 from frankenllama import paths
 from frankenllama.cache import code_version, config_key
-from frankenllama.perplexity import perplexity
+from frankenllama.eval.perplexity import perplexity
 from frankenllama.scores import LayerScores
 from frankenllama.selection import select_layers
 from frankenllama.stages import (

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 
 from frankenllama.healing.result import HealResult
-from frankenllama.plotting import COLUMN_WIDTH, PALETTE  # → frankenllama.figures.style once it exists
+from frankenllama.figures.style import COLUMN_WIDTH, PALETTE
 
 
 def plot_ppl_vs_tokens(results: Sequence[HealResult], reference_ppl: float, unhealed_ppl: float) -> plt.Figure:

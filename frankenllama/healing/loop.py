@@ -26,7 +26,7 @@ from frankenllama.healing.teacher import TeacherTargets, cached_teacher_targets
 from frankenllama.healing.trainer import RecipeTrainer
 from frankenllama.healing.validate import RunPlan
 from frankenllama.models import model_device
-from frankenllama.perplexity import perplexity
+from frankenllama.eval.perplexity import perplexity
 
 
 def batch_indices(step: int, batch_size: int, n_blocks: int, seed: int) -> torch.Tensor:

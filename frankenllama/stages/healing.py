@@ -26,13 +26,13 @@ from frankenllama import paths
 from frankenllama.cache import cached_json, seed_everything
 from frankenllama.healing import HealConfig, HealResult, compare_recipes, parse_recipe, recovery_table
 from frankenllama.models import DEFAULT_MODEL, num_layers
-from frankenllama.perplexity import perplexity
+from frankenllama.eval.perplexity import perplexity
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.surgery import check_layer_ids, drop_layers
 from frankenllama.variants import variant_path
 
 # what computes the cached reference perplexity (this module included: it picks the blocks and the call)
-CODE = ("frankenllama.stages.healing", "frankenllama.perplexity", "frankenllama.data", "frankenllama.models")
+CODE = ("frankenllama.stages.healing", "frankenllama.eval.perplexity", "frankenllama.data", "frankenllama.models")
 RECIPES = ("linear-patch", "lora", "kd-lora", "kd-full", "partial", "linear-patch+lora")
 
 

@@ -3,7 +3,7 @@
 A profile fixes every setting of every notebook: ``"default"`` fits the whole pipeline on a
 2-core CPU in about half an hour; ``"smoke"`` runs every notebook end to end in a minute or two
 (tests and CI); ``"thesis"`` uses every evaluation item and larger calibration and healing budgets
-(meant for a GPU). Configs are built in dependency order — similarity → pruning → study →
+(meant for a GPU). Seeds are the configs' own (0); override them like any field (``"pruning.seed"``). Configs are built in dependency order — similarity → pruning → study →
 healing → evaluation — so a later stage always reads the results an earlier one cached: notebook 02
 measures on notebook 01's similarity statistics, notebook 03 heals the cut notebook 02 found.
 
@@ -22,9 +22,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from frankenllama.eval.efficiency import SpeedConfig
+from frankenllama.eval.tasks import DEFAULT_TASKS
+from frankenllama.eval.zero_shot import TaskEvalConfig
 from frankenllama.models import DEFAULT_MODEL
 from frankenllama.selection import STRATEGIES
 from frankenllama.stages.common import DataConfig
+from frankenllama.stages.evaluation import EvaluationConfig
+from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.pruning import STUDY_KS, PruningConfig, ScoringConfig
 from frankenllama.stages.similarity import SimilarityConfig
 from frankenllama.stages.study import StudyConfig
@@ -49,6 +54,8 @@ class Profile:
     pruning: PruningConfig
     study: StudyConfig
     heal_k: int
+    healing: HealingStageConfig
+    evaluation: EvaluationConfig
 
     @property
     def model(self) -> str:
@@ -66,6 +73,11 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         shortlist=8, strategies=tuple(s for s in STRATEGIES if s != "blockpruner"),
         study=dict(n_boot=1000, draws=10, sizes=(2, 4), search_sizes=(4,), search_draws=2),
         heal_k=HEAL_K,
+        # 8k tokens per recipe (8 steps of 4 x 256): what the 30-minute pipeline leaves notebook 03
+        healing=dict(tokens=8192, block_len=256, batch_size=4, eval_every=4, eval_blocks=8, patch_tokens=8192),
+        evaluation=dict(tasks=DEFAULT_TASKS, limit=20, block_len=256, ppl_blocks=8, fidelity_blocks=4,
+                        speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1), max_new_tokens=40,
+                        variant_prefix="", exclude_prefix="smoke-", max_variants=None),
     ),
     "smoke": dict(
         calib=(64, 4), score=(64, 2, 2), eval=(64, 2), ks=(0, 1, 2),
@@ -73,6 +85,11 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         shortlist=8, strategies=tuple(s for s in STRATEGIES if s != "blockpruner"),
         study=dict(n_boot=50, draws=3, sizes=(1, 2), search_sizes=(1,), search_draws=1),
         heal_k=2,
+        healing=dict(tokens=128, block_len=64, batch_size=2, eval_every=1, eval_blocks=2, patch_tokens=1024,
+                     variant_prefix="smoke-healed"),
+        evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2, fidelity_blocks=1,
+                        speed=SpeedConfig((1, 2), 16, 3, 1, warmup=0, threads=1), max_new_tokens=8,
+                        variant_prefix="smoke-", exclude_prefix=None, max_variants=1),
     ),
     "thesis": dict(
         calib=(256, 256), score=(256, 32, 32), eval=(256, 64), ks=tuple(range(0, 16)),
@@ -80,6 +97,10 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         shortlist=None, strategies=tuple(STRATEGIES),
         study=dict(n_boot=2000, draws=20, sizes=(4, 8, 16), search_sizes=(8,), search_draws=4),
         heal_k=HEAL_K,
+        healing=dict(tokens=262144, block_len=512, batch_size=8, eval_every=16, eval_blocks=64, patch_tokens=65536),
+        evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64, fidelity_blocks=16,
+                        speed=SpeedConfig((1, 8), 128, 32, 5, warmup=2, threads=None), max_new_tokens=64,
+                        variant_prefix="", exclude_prefix="smoke-", max_variants=None),
     ),
 }
 
@@ -112,7 +133,7 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     if name not in _SETTINGS:
         raise UnknownProfileError(f"unknown profile {name!r}; choose one of {PROFILES}")
     s, overrides = _SETTINGS[name], dict(overrides or {})
-    stages = ("similarity", "pruning", "study", "heal_k")
+    stages = ("similarity", "pruning", "study", "heal_k", "healing", "evaluation")
     unknown = [key for key in overrides if key.partition(".")[0] not in stages]
     if unknown:
         raise KeyError(f"overrides {unknown} name no stage; start each with one of {stages}")
@@ -128,4 +149,8 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
         sublayer_ks=s["sublayer_ks"], search_ks=s["search_ks"], batch_size=4), "pruning", overrides)
     study = _apply(StudyConfig(pruning=pruning, ks=s["study_ks"], **s["study"]), "study", overrides)
     heal_k = int(overrides.get("heal_k", s["heal_k"]))
-    return Profile(name, similarity, pruning, study, heal_k)
+    healing = _apply(HealingStageConfig(model=model, corpus=corpus, **s["healing"]), "healing", overrides)
+    e = dict(s["evaluation"])
+    tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
+    evaluation = _apply(EvaluationConfig(model=model, tasks=tasks, corpus=corpus, **e), "evaluation", overrides)
+    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation)
