@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from frankenllama.budget import Budget, count_params, fit_budget, unit_params
 from frankenllama.cache import cached_arrays, cached_json, seed_everything
 from frankenllama.models import num_layers
-from frankenllama.scores import SCORES, AblationScan, LayerScores, Trunk, removal_mask
+from frankenllama.scoring import SCORES, AblationScan, LayerScores, Trunk, removal_mask
 from frankenllama.selection import STRATEGIES, check_k, get_strategy, select_layers
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.stages.similarity import SimilarityConfig, similarity_stage
