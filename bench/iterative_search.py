@@ -31,7 +31,7 @@ import torch
 
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.models import DEFAULT_MODEL, load_model, num_layers
-from frankenllama.scores import greedy_removal
+from frankenllama.scoring import greedy_removal
 
 
 def main() -> None:

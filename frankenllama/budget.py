@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from frankenllama.models import decoder_layers
-from frankenllama.scores import LayerScores, num_units
+from frankenllama.scoring import SelectionContext
 from frankenllama.selection import get_strategy, select_layers
+from frankenllama.units import num_units, whole_layers
 
 
 class BudgetError(ValueError):
@@ -91,19 +92,19 @@ def unit_params(model: nn.Module, granularity: str) -> np.ndarray:
     for block in decoder_layers(model):
         attn = sum(p.numel() for m in (block.self_attn, block.input_layernorm) for p in m.parameters())
         mlp = sum(p.numel() for m in (block.mlp, block.post_attention_layernorm) for p in m.parameters())
-        sizes.extend([attn + mlp] if granularity == "layer" else [attn, mlp])
+        sizes.extend([attn + mlp] if granularity == "layer" else [attn, mlp])  # sub-block ids 2ℓ + ATTN, 2ℓ + MLP
     return np.array(sizes, dtype=np.int64)
 
 
-def fit_budget(source: LayerScores, budget: Budget, strategy: str) -> BudgetFit:
+def fit_budget(source: SelectionContext, budget: Budget, strategy: str) -> BudgetFit:
     """The configuration ``strategy`` finds under ``budget``: its choice with the fewest removed units that fits.
 
     Refuses, before any scoring, a budget the model already meets ("larger than the model") and one
     that no configuration can meet (every unit but the smallest removed is still too large).
     """
     spec = get_strategy(strategy)
-    if not isinstance(source, LayerScores):
-        raise TypeError("fit_budget needs a LayerScores (the model is needed to count parameters)")
+    if not isinstance(source, SelectionContext):
+        raise TypeError("fit_budget needs a SelectionContext (the model is needed to count parameters)")
     source.require_model("a budget")
     model = source.model
     L = len(decoder_layers(model))
@@ -113,7 +114,7 @@ def fit_budget(source: LayerScores, budget: Budget, strategy: str) -> BudgetFit:
 
     def fit(removed: list[int]) -> BudgetFit:
         params = total - int(sizes[removed].sum())
-        mask_layers = removed if spec.granularity == "layer" else [l for l in range(L) if 2 * l in removed and 2 * l + 1 in removed]
+        mask_layers = removed if spec.granularity == "layer" else whole_layers(removed)
         return BudgetFit(strategy, spec.granularity, len(removed), sorted(removed), params, params * budget.itemsize,
                          L - len(mask_layers))
 

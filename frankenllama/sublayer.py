@@ -2,7 +2,8 @@
 
 BlockPruner (Zhong et al. 2024, arXiv:2406.10594) observes that a llama block is two residual
 sub-blocks, ``x ← x + Attn(norm₁(x))`` and ``x ← x + MLP(norm₂(x))``, of very different importance,
-and prunes them separately. Sub-block ids: ``2ℓ`` is the attention of block ℓ, ``2ℓ + 1`` its MLP.
+and prunes them separately. Sub-block ids: ``2ℓ`` is the attention of block ℓ, ``2ℓ + 1`` its MLP
+(``frankenllama.units``, which also holds ``sublayer_id``, ``describe`` and ``check_sublayer_ids``).
 
 transformers' ``LlamaDecoderLayer`` cannot skip a sub-block, so ``prune_sublayers`` replaces a removed
 attention by ``RemovedAttention`` and a removed MLP by ``RemovedMLP`` — modules without parameters
@@ -36,9 +37,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.models import decoder_layers
 from frankenllama.surgery import SUBLAYER_KEY, drop_layers, renumber_layers
-
-ATTN, MLP = 0, 1
-PARTS = ("attn", "mlp")
+from frankenllama.units import (  # noqa: F401 (sublayer_id and describe re-exported for callers of this module)
+    ATTN,
+    MLP,
+    PARTS,
+    check_sublayer_ids,
+    describe,
+    layer_of,
+    part_of,
+    sublayer_id,
+)
 
 
 class RemovedAttention(nn.Module):
@@ -53,34 +61,6 @@ class RemovedMLP(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(hidden_states)
-
-
-def sublayer_id(layer: int, part: str) -> int:
-    """The id of sub-block ``part`` (``"attn"`` or ``"mlp"``) of block ``layer``."""
-    if part not in PARTS:
-        raise ValueError(f"part must be one of {PARTS}, got {part!r}")
-    return 2 * layer + PARTS.index(part)
-
-
-def describe(ids: Iterable[int]) -> list[str]:
-    """Readable names of sub-block ids: ``[26, 27] → ["13.attn", "13.mlp"]``."""
-    return [f"{i // 2}.{PARTS[i % 2]}" for i in sorted(ids)]
-
-
-def check_sublayer_ids(ids: Iterable[int], num_layers: int) -> list[int]:
-    """Validate sub-block ids of an L-block model (0 … 2L−1, no repeats, not all); return them sorted."""
-    ids = list(ids)
-    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int)]
-    if bad:
-        raise TypeError(f"sub-block ids must be integers, got {bad!r}")
-    out = [i for i in ids if not 0 <= i < 2 * num_layers]
-    if out:
-        raise ValueError(f"sub-block ids {out} out of range: the model has sub-blocks 0 … {2 * num_layers - 1}")
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate sub-block ids in {sorted(ids)}: name each sub-block once")
-    if len(ids) >= 2 * num_layers:
-        raise ValueError(f"cannot remove all {2 * num_layers} sub-blocks: keep at least one")
-    return sorted(ids)
 
 
 def removed_sublayers(model: PreTrainedModel) -> dict[str, list[int]]:
@@ -118,11 +98,11 @@ def prune_sublayers(model: PreTrainedModel, ids: Iterable[int], inplace: bool = 
     L = len(decoder_layers(model))
     ids = check_sublayer_ids(ids, L)
     previous = removed_sublayers(model)
-    again = [i for i in ids if i // 2 in previous[PARTS[i % 2]]]
+    again = [i for i in ids if layer_of(i) in previous[PARTS[part_of(i)]]]
     if again:
         raise ValueError(f"sub-blocks {describe(again)} were already removed")
-    attn = set(previous["attn"]) | {i // 2 for i in ids if i % 2 == ATTN}
-    mlp = set(previous["mlp"]) | {i // 2 for i in ids if i % 2 == MLP}
+    attn = set(previous["attn"]) | {layer_of(i) for i in ids if part_of(i) == ATTN}
+    mlp = set(previous["mlp"]) | {layer_of(i) for i in ids if part_of(i) == MLP}
     whole = sorted(attn & mlp)
     if len(whole) >= L:
         raise ValueError(f"cannot remove every sub-block of all {L} blocks: keep at least one")

@@ -8,7 +8,7 @@ import torch
 
 from conftest import tiny_llama
 from frankenllama.budget import Budget, BudgetError, count_params, fit_budget, unit_params
-from frankenllama.scores import LayerScores
+from frankenllama.scoring import SelectionContext
 from frankenllama.selection import select_layers
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
@@ -19,7 +19,7 @@ L = 6
 @pytest.fixture(scope="module")
 def ctx():
     ids = torch.randint(3, 128, (3, 12), generator=torch.Generator().manual_seed(0))
-    return LayerScores(model=tiny_llama(L), calib=ids, batch_size=3)
+    return SelectionContext(model=tiny_llama(L), calib=ids, batch_size=3)
 
 
 def test_budget_validation():
@@ -70,5 +70,5 @@ def test_bad_budgets_are_refused(ctx):
         fit_budget(ctx, Budget(layer_fraction=0.5), "sublayer-nll")
     with pytest.raises(KeyError, match="unknown strategy"):
         fit_budget(ctx, Budget(params=total - 10), "nope")
-    with pytest.raises(TypeError, match="LayerScores"):
+    with pytest.raises(TypeError, match="SelectionContext"):
         fit_budget(ctx.similarity, Budget(params=total - 10), "block-influence")

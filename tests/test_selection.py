@@ -13,8 +13,12 @@ import torch
 
 from conftest import tiny_llama
 from frankenllama import select_layers
-from frankenllama.scores import LayerScores, greedy_removal
-from frankenllama.selection import STRATEGIES, UnknownStrategyError, check_k
+from frankenllama.loss import next_token_nll
+from frankenllama.scoring import ATTN, SCORES, SelectionContext, greedy_removal, part_swap_search, swap_search
+from frankenllama.selection import KINDS, STRATEGIES, SWAP_STARTS, UnknownStrategyError, check_k, methods_table, swap_starts
+from frankenllama.sublayer import prune_sublayers
+from frankenllama.surgery import drop_layers
+from frankenllama.units import layer_units, part_of
 
 L = 8
 
@@ -23,7 +27,13 @@ L = 8
 def ctx():
     model = tiny_llama(L, seed=2)
     ids = torch.randint(3, 128, (4, 16), generator=torch.Generator().manual_seed(1))
-    return LayerScores(model=model, calib=ids, batch_size=2)
+    return SelectionContext(model=model, calib=ids, batch_size=2)
+
+
+def mean_nll(model, ids) -> float:
+    """Mean next-token NLL of a plain forward pass."""
+    with torch.no_grad():
+        return float(next_token_nll(model(ids).logits, ids).double().mean())
 
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
@@ -75,7 +85,7 @@ def test_bad_input_is_refused(ctx):
     assert len(select_layers(ctx, L + 1, "sublayer-nll")) == L + 1  # more sub-blocks than blocks is fine
     with pytest.raises(TypeError):
         check_k(2.0, L)
-    with pytest.raises(TypeError, match="LayerSimilarity or LayerScores"):
+    with pytest.raises(TypeError, match="LayerSimilarity or SelectionContext"):
         select_layers("similarity", 2, "block-influence")
 
 
@@ -115,18 +125,27 @@ def test_best_strategy_table_reports_margins_and_ties():
     assert "13.attn" in best_summary(overall.reset_index())
 
 
-def test_part_swap_keeps_the_size_and_only_improves(ctx):
-    from frankenllama.eval.perplexity import mean_nll
-    from frankenllama.scores import ATTN, part_swap_search, swap_search
-    from frankenllama.sublayer import prune_sublayers
+def test_swap_search_composes_sleb_and_the_proxies_starts(ctx):
+    """swap-search = the context's swap run from SLEB's choice with the SWAP_STARTS choices as alternatives."""
+    k = 3
+    sleb = select_layers(ctx, k, "sleb")
+    starts = swap_starts(ctx, k)
+    assert starts == [STRATEGIES[s].select(ctx, k) for s in SWAP_STARTS]
+    run = ctx.swap(sleb, starts)
+    assert select_layers(ctx, k, "swap-search") == run.removed
+    assert run.start in [sleb] + [sorted(s) for s in starts]
+    for start in [sleb] + starts:  # never worse on calibration than any of its starts
+        assert run.nll <= mean_nll(drop_layers(ctx.model, start), ctx.calib) + 1e-5
 
-    layers = ctx.swap(2, []).removed
-    run = ctx.part_swap(2, [])
-    assert run.start == sorted(2 * l + p for l in layers for p in (0, 1))
+
+def test_part_swap_keeps_the_size_and_only_improves(ctx):
+    layers = select_layers(ctx, 2, "swap-search")
+    run = ctx.part_swap(layers)
+    assert run.start == layer_units(layers) == sorted(2 * l + p for l in layers for p in (0, 1))
     assert run.nll <= run.start_nll
     assert run.start_nll == pytest.approx(swap_search(ctx.model, ctx.calib, layers, max_rounds=0).nll, abs=1e-6)
-    assert sum(u % 2 == ATTN for u in run.removed) == 2 and len(run.removed) == 4  # as many attention and MLP as 2 blocks
-    assert all(r % 2 == c % 2 == ATTN for r, c in run.swaps)  # attention for attention only, by default
+    assert sum(part_of(u) == ATTN for u in run.removed) == 2 and len(run.removed) == 4  # as many attention and MLP as 2 blocks
+    assert all(part_of(r) == part_of(c) == ATTN for r, c in run.swaps)  # attention for attention only, by default
     assert run.nll == pytest.approx(mean_nll(prune_sublayers(ctx.model, run.removed), ctx.calib), abs=1e-5)
     assert select_layers(ctx, 4, "part-swap") == run.removed
     # with every sub-block a candidate, the result beats (or ties) every same-kind single swap of the start
@@ -143,3 +162,20 @@ def test_part_swap_keeps_the_size_and_only_improves(ctx):
         part_swap_search(ctx.model, ctx.calib, [2 * L], cost)
     with pytest.raises(ValueError, match="one number per sub-block"):
         part_swap_search(ctx.model, ctx.calib, [0], cost[:3])
+
+
+def test_methods_table_cites_every_strategy_and_score():
+    table = methods_table()
+    assert list(table.columns) == ["name", "role", "granularity", "kind", "what", "cite", "reads"]
+    assert len(table) == len(STRATEGIES) + len(SCORES)
+    assert table[table.role == "strategy"].name.tolist() == list(STRATEGIES)
+    assert table[table.role == "score"].name.tolist() == list(SCORES)
+    for row in table.itertuples():
+        assert row.what and row.cite and row.reads == KINDS[row.kind], row.name
+        assert "arXiv:" in row.cite or row.cite.startswith("this workbook"), row.name
+        assert row.granularity in ("layer", "sublayer"), row.name
+    # the flags the stages read are those the registry had before ``kind`` replaced them
+    assert sorted(s for s, spec in STRATEGIES.items() if not spec.needs_model) == [
+        "angular", "angular-block", "angular-block-all", "block-influence", "reverse"]
+    assert sorted(s for s, spec in STRATEGIES.items() if spec.search) == ["blockpruner", "part-swap", "sleb", "swap-search"]
+    assert all(STRATEGIES[s].granularity == "sublayer" for s in ("sublayer-nll", "part-swap", "blockpruner"))

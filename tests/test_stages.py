@@ -17,7 +17,7 @@ import conftest
 from frankenllama import paths
 from frankenllama.cache import code_version, config_key
 from frankenllama.eval.perplexity import perplexity
-from frankenllama.scores import LayerScores
+from frankenllama.scoring import SelectionContext as LayerScores
 from frankenllama.selection import select_layers
 from frankenllama.stages import (
     DataConfig,

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import tiny_llama
 from frankenllama.budget import count_params, unit_params
-from frankenllama.scores import Trunk, removal_mask
+from frankenllama.scoring import Trunk
 from frankenllama.sublayer import (
     RemovedAttention,
     RemovedMLP,
@@ -28,6 +28,7 @@ from frankenllama.sublayer import (
     sublayer_id,
 )
 from frankenllama.surgery import lineage
+from frankenllama.units import removal_mask
 
 IDS = torch.randint(3, 128, (3, 12), generator=torch.Generator().manual_seed(0))
 

@@ -19,18 +19,19 @@ import pandas as pd
 from frankenllama.budget import Budget, count_params, fit_budget, unit_params
 from frankenllama.cache import cached_arrays, cached_json, config_key, seed_everything
 from frankenllama.models import num_layers
-from frankenllama.scores import LayerScores, Trunk, removal_mask
+from frankenllama.scoring import SelectionContext, Trunk
 from frankenllama.selection import STRATEGIES, check_k, get_strategy, select_layers
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.stages.similarity import SimilarityConfig, similarity_stage
-from frankenllama.sublayer import describe, prune_sublayers
+from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
+from frankenllama.units import describe, removal_mask
 from frankenllama.variants import list_variants, save_variant
 
 
 STUDY_KS: tuple[int, ...] = (3, 6, 9)  # the k's of the study: searches, sub-layer strategies, stability
 # What computes a pruning stage's result (the code part of its cache key, see frankenllama.cache).
-CODE = ("frankenllama.scores", "frankenllama.selection", "frankenllama.budget",
+CODE = ("frankenllama.scoring", "frankenllama.units", "frankenllama.selection", "frankenllama.budget",
         "frankenllama.sublayer", "frankenllama.surgery", "frankenllama.similarity",
         "frankenllama.loss", "frankenllama.data", "frankenllama.models", "frankenllama.stages.pruning")
 
@@ -103,11 +104,11 @@ def _disk_store(model: str, scoring: ScoringConfig, seed: int):
     return store
 
 
-def scoring_context(config: PruningConfig) -> LayerScores:
-    """The ``LayerScores`` of ``config``: notebook 01's similarity, the shared model, calib blocks, a disk cache."""
+def scoring_context(config: PruningConfig) -> SelectionContext:
+    """The ``SelectionContext`` of ``config``: notebook 01's similarity, the shared model, calib blocks, a disk cache."""
     model, tokenizer = shared_model(config.similarity.model)
     calib = config.scoring.calib.blocks(tokenizer, model)
-    return LayerScores(similarity_stage(config.similarity), model, calib, batch_size=config.scoring.batch_size,
+    return SelectionContext(similarity_stage(config.similarity), model, calib, batch_size=config.scoring.batch_size,
                        shortlist=config.scoring.shortlist, progress=True, greedy_steps=config.greedy_steps,
                        sublayer_blocks=config.scoring.sublayer_blocks, jackknife=config.scoring.taylor_jackknife,
                        store=_disk_store(config.similarity.model, config.scoring, config.seed))

@@ -12,7 +12,7 @@ from scipy import stats
 
 from frankenllama.cache import cached_json, seed_everything
 from frankenllama.models import num_layers
-from frankenllama.scores import SCORES, AblationScan, LayerScores
+from frankenllama.scoring import SCORES, AblationScan, SelectionContext
 from frankenllama.selection import get_strategy, select_layers
 from frankenllama.stages.common import shared_model
 from frankenllama.stages.pruning import CODE as PRUNING_CODE
@@ -64,7 +64,7 @@ class StudyConfig:
 
 
 def _proxy_on(scan: AblationScan, name: str, rows: np.ndarray) -> np.ndarray:
-    sub = LayerScores(scans=[scan.subset(rows)])
+    sub = SelectionContext(scans=[scan.subset(rows)])
     return sub.score(name)
 
 
@@ -73,7 +73,7 @@ def _jaccard(a: list[int], b: list[int]) -> float:
     return len(a & b) / len(a | b) if a | b else 1.0
 
 
-def _correlation(ctx: LayerScores, scan: AblationScan, config: StudyConfig) -> list[dict]:
+def _correlation(ctx: SelectionContext, scan: AblationScan, config: StudyConfig) -> list[dict]:
     """Spearman's ρ of each proxy with the truth, with bootstrap (or, for Taylor, jackknife) intervals."""
     N = scan.n_samples
     everything = np.arange(N)
@@ -104,7 +104,7 @@ def _correlation(ctx: LayerScores, scan: AblationScan, config: StudyConfig) -> l
     return correlation
 
 
-def _choices(ctx: LayerScores, scan: AblationScan, config: StudyConfig) -> list[dict]:
+def _choices(ctx: SelectionContext, scan: AblationScan, config: StudyConfig) -> list[dict]:
     """Each stability strategy's choice at every k on every calibration subset drawn."""
     N = scan.n_samples
     choices = []
@@ -119,10 +119,10 @@ def _choices(ctx: LayerScores, scan: AblationScan, config: StudyConfig) -> list[
                 rows = np.sort(np.random.default_rng([config.seed, size, draw]).choice(N, size, replace=False))
                 sub = scan.subset(rows)
                 if searched:
-                    sub_ctx = LayerScores(sub.similarity(), ctx.model, ctx.calib[rows], batch_size=ctx.batch_size,
+                    sub_ctx = SelectionContext(sub.similarity(), ctx.model, ctx.calib[rows], batch_size=ctx.batch_size,
                                           shortlist=ctx.shortlist, scans=[sub], greedy_steps=max(config.ks))
                 else:
-                    sub_ctx = LayerScores(scans=[sub])
+                    sub_ctx = SelectionContext(scans=[sub])
                 if spec.nested:
                     select_layers(sub_ctx, max(config.ks), strategy)
                 for k in config.ks:

@@ -1,4 +1,4 @@
-"""Scores on tiny in-process llamas: every shortcut equals the slow, obvious computation.
+"""``frankenllama.scoring`` on tiny in-process llamas: every shortcut equals the slow, obvious computation.
 
 Invariants: the cached one-layer-out ablation equals dropping the layer and re-running the model;
 the scan's per-sample similarity re-aggregates to the foundation's ``layer_similarity``; KL is that
@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_llama
-from frankenllama.perplexity import token_nll
-from frankenllama.scores import (
+from frankenllama.loss import next_token_nll
+from frankenllama.scoring import (
     SCORES,
     LayerScores,
+    SelectionContext,
     Trunk,
     UnknownScoreError,
     ablation_scan,
@@ -39,8 +40,9 @@ def blocks(n: int = 5, t: int = 16, seed: int = 0) -> torch.Tensor:
 
 
 def mean_nll(model, ids) -> float:
-    total, count = token_nll(model, ids)
-    return total / count
+    """Mean next-token NLL of a plain forward pass (the slow, obvious computation)."""
+    with torch.no_grad():
+        return float(next_token_nll(model(ids).logits, ids).double().mean())
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +211,50 @@ def test_swap_search_only_improves_and_reports_the_pruned_models_loss(model):
     assert multi.start == best and multi.nll == pytest.approx(mean_nll(drop_layers(model, best), ids), abs=1e-5)
     with pytest.raises(ValueError, match="every starting set must name 3"):
         swap_search(model, ids, start, alternatives=[[1, 2]])
+
+
+def test_trunk_nll_is_the_plain_cross_entropy(model):
+    """The head NLL through ``next_token_nll`` equals F.cross_entropy's per-sample sum (float noise only)."""
+    ids = blocks(3)
+    trunk = Trunk(model, ids, batch_size=3)
+    trunk.refresh(removal_mask([2], 6, "layer"))
+    got = trunk.nll(trunk.states[6][0], 0)
+    with torch.no_grad():
+        logits = trunk.logits(trunk.states[6][0])  # (B, T-1, V)
+        expected = torch.stack([F.cross_entropy(logits[i], ids[i, 1:], reduction="sum") for i in range(3)]).double()
+    assert got.dtype == torch.float64
+    assert torch.allclose(got, expected, rtol=1e-6, atol=0)
+
+
+def test_context_measures_once_under_the_same_cache_keys(model):
+    """Each measurement is computed once, under the store keys (kind, params) it always had."""
+    from frankenllama.units import layer_units
+
+    ids = blocks(3)
+    calls: list[tuple[str, dict]] = []
+    memo: dict[str, dict] = {}
+
+    def store(kind, params, compute):
+        key = f"{kind}:{sorted(params.items())}"
+        if key not in memo:
+            calls.append((kind, params))
+            memo[key] = compute()
+        return memo[key]
+
+    ctx = SelectionContext(model=model, calib=ids, batch_size=2, store=store, sublayer_blocks=2)
+    assert LayerScores is SelectionContext
+    sleb = ctx.greedy(2).chosen(2)
+    other = [0, 1] if sleb != [0, 1] else [4, 5]
+    run = ctx.swap(sleb, [list(reversed(other)), sleb, other])
+    assert ctx.swap(list(reversed(sleb)), [other]) == run  # same starts in another order: the cached run
+    part = ctx.part_swap(run.removed)
+    assert ctx.part_swap(list(reversed(run.removed))) == part
+    assert [kind for kind, _ in calls] == ["greedy-layer", "ablation-layer", "swap", "ablation-sublayer", "part-swap"]  # the scan inside greedy's
+    params = dict(calls)
+    assert params["ablation-layer"] == {"batch_size": 2}
+    assert params["ablation-sublayer"] == {"batch_size": 2, "blocks": 2}
+    assert params["greedy-layer"] == {"k": 2, "shortlist": None, "batch_size": 2}
+    assert params["swap"] == {"k": 2, "start": sleb, "others": [tuple(other)], "batch_size": 2}
+    assert params["part-swap"] == {"k": 2, "start": layer_units(run.removed), "width": 4, "rounds": 2,
+                                   "cost_blocks": 2, "batch_size": 2}
+    assert part.start == layer_units(run.removed) and run.nll <= run.start_nll
