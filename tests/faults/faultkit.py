@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -43,6 +44,17 @@ class KillServer:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+_SHARED: list[KillServer] = []
+
+
+def shared_server() -> KillServer:
+    """One kill server for the whole test session (it costs an import of torch; closed at exit)."""
+    if not _SHARED or _SHARED[0].proc.poll() is not None:
+        _SHARED[:] = [KillServer()]
+        atexit.register(_SHARED[0].close)
+    return _SHARED[0]
 
 
 def damage(path: Path, how: str) -> None:

@@ -14,15 +14,13 @@ import random
 
 import pytest
 
-from faultkit import KillServer, assert_nothing_partial, leftovers
+from faultkit import assert_nothing_partial, leftovers, shared_server
 from scenarios import KILL_POINTS, cache_root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server():
-    srv = KillServer()
-    yield srv
-    srv.close()
+    return shared_server()
 
 
 def _points(name: str, lines: int, write_start: int, elapsed: float, count: int) -> list[dict]:
