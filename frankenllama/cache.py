@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -170,7 +171,18 @@ class CacheWriteError(OSError):
 
 
 def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB ({n:,} bytes)" if n >= 100_000 else f"{n:,} bytes"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f} MB ({n:,} bytes)"
+    return f"{n / 1e3:.1f} kB ({n:,} bytes)" if n >= 10_000 else f"{n:,} bytes"
+
+
+def _os_errno(err: BaseException) -> int | None:
+    """The OS error number of ``err``: an ``OSError``'s, or one a Rust extension (safetensors,
+    tokenizers) spelled into its message as ``(os error 28)``."""
+    if isinstance(err, OSError):
+        return err.errno
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    return int(found.group(1)) if found else None
 
 
 def _free_bytes(path: Path) -> int | None:
@@ -200,21 +212,23 @@ def _writing(folder: Path, need_bytes: int | None = None, progress: list[int] | 
         yield
     except CacheWriteError:
         raise
-    except OSError as err:
-        within = err.filename is None or str(folder.parent) in str(Path(err.filename).absolute())
-        if err.errno not in _WRITE_ERRNOS or not within:
+    except Exception as err:
+        code = _os_errno(err)
+        filename = getattr(err, "filename", None)
+        within = filename is None or str(folder.parent) in str(Path(filename).absolute())
+        if code not in _WRITE_ERRNOS or not within:
             raise
-        reason = _WRITE_ERRNOS[err.errno]
+        reason = _WRITE_ERRNOS[code]
         needed = f"it needed {_size(need_bytes)}" if need_bytes else "the size it needed is unknown"
         written = progress[0] if progress else 0
         if written:
             needed += f"; {_size(written)} had been written when it failed"
         free = _free_bytes(folder)
-        where = f"{_size(free)} free there" if free is not None and err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        fix = ("free space there or set the cache elsewhere" if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        where = f"{_size(free)} free there" if free is not None and code in (errno.ENOSPC, errno.EDQUOT) else ""
+        fix = ("free space there or set the cache elsewhere" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
                else "make it writable or set the cache elsewhere")
         message = f"cannot write {folder}: {reason} ({needed}{'; ' + where if where else ''}). Nothing was kept; {fix}"
-        raise CacheWriteError(err.errno, message) from err
+        raise CacheWriteError(code, message) from err
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -317,7 +331,7 @@ def _fsync_tree_parent(path: Path) -> None:
 
 def cache_path(stage: str, config: Any, root: Path = CACHE_DIR, code: tuple[str, ...] = ()) -> Path:
     """The folder that holds (or will hold) ``stage``'s result for ``config`` computed by ``code``."""
-    return root / stage / config_key(stage, config, code)
+    return Path(root) / stage / config_key(stage, config, code)
 
 
 def _load_json(path: Path) -> Any:
@@ -342,6 +356,7 @@ def _cached(stage: str, config: Any, compute: Callable[[], Any], seed: int | Non
             code: tuple[str, ...], payload: str, load: Callable[[Path], Any],
             dump: Callable[[Any, Path], None], size: Callable[[Any], int], lock_timeout: float | None) -> Any:
     """The read-verify / lock / re-check / quarantine / compute / atomic-write cycle of both caches."""
+    root = Path(root)
     folder = cache_path(stage, config, root, code)
     version = code_version(tuple(code)) if code else None
     if (folder / META_FILE).exists():
