@@ -249,6 +249,31 @@ def atomic_write_text(path: Path, text: str) -> None:
             raise
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path, need_bytes: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for any writer (``savefig``, ``to_csv``); renamed on success.
+
+    The temporary name keeps ``path``'s suffix (``.<name>.<random>.tmp<suffix>``), so writers that
+    pick the format from it still work. On an error nothing is left; a full or read-only disk raises
+    ``CacheWriteError`` naming ``path``.
+    """
+    path = Path(path)
+    with _writing(path, need_bytes):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it private
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
 def _fsync_tree(folder: Path) -> None:
     """Flush every file of ``folder`` and the folder itself to disk, so a rename publishes whole files."""
     for path in [*folder.rglob("*"), folder]:

@@ -103,3 +103,16 @@ def test_cache_verify_reports_and_fixes(tmp_path, capsys):
     assert "2 quarantined" in capsys.readouterr().out
     assert len(list((tmp_path / ".quarantine").iterdir())) == 2
     assert {r.status for r in verify_cache(tmp_path)} == {"ok", "unchecked"}
+
+
+def test_atomic_file_keeps_the_suffix_and_leaves_nothing_on_error(tmp_path):
+    from frankenllama.cache import atomic_file
+
+    target = tmp_path / "fig.png"
+    with atomic_file(target) as tmp:
+        assert tmp.suffix == ".png" and tmp.parent == tmp_path
+        tmp.write_bytes(b"png")
+    with pytest.raises(RuntimeError), atomic_file(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError
+    assert target.read_bytes() == b"png" and [p.name for p in tmp_path.iterdir()] == ["fig.png"]
