@@ -12,6 +12,8 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# relative paths in notebook parameters and on the command line mean the folder make runs in (the repository root)
+export FRANKENLLAMA_CWD := $(CURDIR)
 
 .PHONY: install data figures test lab clean $(addprefix notebook-,$(NUMBERS))
 

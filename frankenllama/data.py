@@ -27,6 +27,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from frankenllama.assets import asset_path
+from frankenllama.paths import resolve_user_path
 
 Split = Literal["calib", "train", "eval", "all"]
 SPLITS: dict[str, range] = {"eval": range(0, 10), "calib": range(10, 20), "train": range(20, 100)}
@@ -48,7 +49,7 @@ def _documents(name: str | Path) -> dict[str, str]:
     if str(name) == "wiki-leads":
         raw = json.loads(asset_path("wiki-leads").read_text(encoding="utf-8"))
         return {title: entry["extract"].strip() for title, entry in raw.items() if entry.get("extract", "").strip()}
-    path = Path(name).expanduser()
+    path = resolve_user_path(name)  # relative to where the user typed it (see frankenllama.paths)
     if not path.is_file():
         raise ValueError(f"unknown corpus {str(name)!r}: not one of {CORPORA} nor an existing text file")
     text = path.read_text(encoding="utf-8")

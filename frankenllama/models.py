@@ -28,7 +28,8 @@ from transformers import (
 
 from frankenllama.assets import asset_path
 from frankenllama.cache import atomic_dir
-from frankenllama.paths import MODELS_CACHE_DIR
+from frankenllama.integrity import MANIFEST_FILE, verify_folder
+from frankenllama.paths import MODELS_CACHE_DIR, resolve_user_path
 
 
 class UnsupportedModelError(ValueError):
@@ -126,7 +127,7 @@ def model_folder(name_or_path: str | Path) -> Path:
         if not (folder / "config.json").exists():
             _gguf_to_folder(asset_path(MODELS[name].asset), folder)
         return folder
-    path = Path(name).expanduser()
+    path = resolve_user_path(name)  # relative to where the user typed it (see frankenllama.paths)
     if path.suffix == ".gguf":
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
@@ -137,6 +138,8 @@ def model_folder(name_or_path: str | Path) -> Path:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder")
+        if (path / MANIFEST_FILE).exists():
+            verify_folder(path)  # a folder frankenllama saved: its files must match their checksums
         return path
     raise ValueError(
         f"unknown model {name!r}: not a registry name ({sorted(MODELS)}), an existing transformers "

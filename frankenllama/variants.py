@@ -15,8 +15,9 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from frankenllama.cache import atomic_dir, provenance, to_jsonable
 from frankenllama import paths
+from frankenllama.cache import atomic_dir, provenance, to_jsonable
+from frankenllama.integrity import MANIFEST_FILE, CorruptEntryError, quarantine, verify_folder, write_manifest
 
 META_FILE = "frankenllama.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -48,6 +49,7 @@ def save_model_folder(
             (tmp / name).write_text(text)
         record = {"meta": to_jsonable(meta), **provenance(meta.get("config"), seed)}
         (tmp / META_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_manifest(tmp)  # checksums of every file, checked whenever the folder is loaded
     return folder
 
 
@@ -74,6 +76,21 @@ def save_variant(
     return save_model_folder(variant_path(name, root), model, tokenizer, meta, seed)
 
 
+def intact(folder: Path) -> bool:
+    """Whether saved model folder ``folder`` matches its checksums; a damaged one is quarantined (with a warning).
+
+    Folders saved before checksums existed (no manifest) count as intact.
+    """
+    if not (folder / MANIFEST_FILE).exists() and not any(folder.glob("*.bin")):
+        return True
+    try:
+        verify_folder(folder)
+    except CorruptEntryError as err:
+        quarantine(folder, "variants", paths.CACHE_DIR, str(err))
+        return False
+    return True
+
+
 def list_variants(root: Path | None = None) -> list[VariantInfo]:
     """Every complete variant in the store, sorted by name."""
     root = _root(root)
@@ -93,6 +110,9 @@ def load_variant(name: str, dtype: str = "auto", device: str = "auto", root: Pat
     from frankenllama.models import load_model
 
     path = variant_path(name, root)
+    if (path / META_FILE).is_file() and not intact(path):
+        raise KeyError(f"variant {name!r} was damaged and moved to the cache's .quarantine folder; "
+                       "run the notebook that creates it again")
     if not (path / META_FILE).is_file():
         known = [v.name for v in list_variants(root)]
         raise KeyError(f"no variant {name!r} in {_root(root)}; known variants: {known}. Run the notebook that creates it first")

@@ -14,6 +14,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import seaborn as sns
 
+from frankenllama.cache import atomic_file
+
 PALETTE: list[str] = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 COLUMN_WIDTH = 3.4  # inches
 TEXT_WIDTH = 7.0  # inches
@@ -57,6 +59,7 @@ def save_figure(fig: plt.Figure, name: str, out_dir: Path) -> list[Path]:
         raise ValueError(f"figure name {name!r} must be a bare stem such as 'bi_per_layer'")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.pdf", out_dir / f"{name}.png"]
-    for path in paths:
-        fig.savefig(path, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+    for path in paths:  # a temporary file renamed into place: a killed run never leaves half a figure
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     return paths

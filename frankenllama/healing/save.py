@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.healing.result import HealResult
-from frankenllama.variants import META_FILE, save_model_folder
+from frankenllama.variants import META_FILE, intact, save_model_folder
 
 _RECORDED = ("tokens_seen", "calib_tokens", "steps", "train_time_s", "wall_time_s", "tokens_per_s", "ppl_before",
              "ppl_after", "curve", "patch_fits", "resumed_from_step", "teacher_time_s", "teacher_tail_mass")  # fmt: skip
@@ -64,7 +64,7 @@ def load_healed(out_dir: Path, fingerprint: str, config: HealConfig) -> HealResu
     if not meta_file.is_file():
         return None
     meta = json.loads(meta_file.read_text()).get("meta", {})
-    if meta.get("fingerprint") != fingerprint:
+    if meta.get("fingerprint") != fingerprint or not intact(out_dir):  # a damaged folder is quarantined, then healed again
         return None
     model = AutoModelForCausalLM.from_pretrained(out_dir, local_files_only=True)
     model.eval()
