@@ -34,7 +34,7 @@ data: $(STAMP)
 
 # One notebook, headless, on profile $(PROFILE) (`make notebook-02`, `make notebook-03 PROFILE=smoke`).
 # A notebook reads the caches its dependencies wrote and computes whatever of them is missing.
-notebook-%: data
+$(addprefix notebook-,$(NUMBERS)): notebook-%: data
 	@mkdir -p build/notebooks
 	@nb=$$(ls notebooks/$*_*.py) && name=$$(basename $$nb .py) && \
 	  echo "== $$name ($(PROFILE))" && start=$$(date +%s) && \
