@@ -16,7 +16,9 @@ import sys
 from collections.abc import Sequence
 
 # verb -> "module:function that adds its subparser"
-VERBS: dict[str, str] = {}
+VERBS: dict[str, str] = {
+    "plan": "frankenllama.plan.report:add_parser",
+}
 
 
 class UsageError(Exception):
