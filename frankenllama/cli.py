@@ -18,6 +18,7 @@ from collections.abc import Sequence
 # verb -> "module:function that adds its subparser"
 VERBS: dict[str, str] = {
     "cache": "frankenllama.integrity:add_cache_parser",
+    "plan": "frankenllama.plan.report:add_parser",
 }
 
 

@@ -1,0 +1,130 @@
+"""``python -m frankenllama plan``: print the plan as a table (or JSON), and the verb's parser."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from frankenllama.cli import UsageError
+from frankenllama.plan.devices import DeviceSpecError, parse_devices
+from frankenllama.plan.healing import ADAPTERS
+from frankenllama.plan.stages import Settings
+
+GB = 1e9
+
+
+def _device_name(key, offload: bool = True) -> str:
+    if key == "cpu":
+        return "cpu (offload)" if offload else "cpu"
+    return f"cuda:{key}" if isinstance(key, int) else str(key)
+
+
+def _flops(x: float) -> str:
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g}"
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def table(p) -> str:
+    """The plan as plain text: a header (model, devices, placement) and one row per stage."""
+    s = p.shape
+    lines = [
+        f"model   {p.model}: {s.num_layers} blocks, hidden {s.hidden}, {s.params / 1e9:.3g} B parameters"
+        f"{' (tied embeddings)' if s.tied else ''}; computes in {str(p.dtype).removeprefix('torch.')}",
+        f"devices {p.devices.describe()}",
+        "weights " + ", ".join(f"{_device_name(d, not p.devices.is_cpu)} {w / GB:.2f} GB ({p.placement.layers.get(d, 0)} blocks)"
+                               for d, w in p.placement.weights.items()),
+        "",
+    ]
+    keys = sorted({k for r in p.stages for k in r.memory}, key=lambda k: (isinstance(k, str), str(k)))
+    head = f"{'stage':<20} {'workload':<44} " + " ".join(f"{_device_name(k, not p.devices.is_cpu):>13}" for k in keys)
+    head += f" {'host':>8} {'fwd FLOPs':>10} {'bwd FLOPs':>10} {'time':>9}  fits"
+    lines += [head, "-" * len(head)]
+    for r in p.stages:
+        mem = " ".join(f"{r.memory.get(k, 0) / GB:>10.2f} GB" for k in keys)
+        fits = "yes" if r.fits else "NO"
+        fits += " (offloaded)" if r.offloaded else ""
+        lines.append(f"{r.name:<20} {r.what:<44} {mem} {r.host / GB:>5.2f} GB {_flops(r.forward_flops):>10} "
+                     f"{_flops(r.backward_flops):>10} {_seconds(r.seconds):>9}  {fits}")
+    lines += ["", f"memory: peak per device (weights + activations + cached streams + optimizer/LoRA state + KV), "
+              f"GB = 1e9 bytes, capacity {p.devices.memory_bytes / GB:.1f} GB each; time at "
+              f"{p.devices.tflops:g} TFLOP/s on one device at a time (device_map runs blocks in sequence)"]
+    return "\n".join(lines)
+
+
+def as_json(p) -> str:
+    stages = [dict(dataclasses.asdict(r), memory={str(k): v for k, v in r.memory.items()}, fits=r.fits)
+              for r in p.stages]
+    return json.dumps({"model": p.model, "shape": dataclasses.asdict(p.shape), "devices": dataclasses.asdict(p.devices),
+                       "dtype": str(p.dtype), "settings": dataclasses.asdict(p.settings),
+                       "placement": {str(k): v for k, v in p.placement.weights.items()}, "stages": stages}, indent=2)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The workload of every stage from the options (defaults: ``Settings``)."""
+    base = Settings()
+    for name in ("calib_tokens", "score_tokens", "tokens", "eval_tokens", "block_len", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    fields = {"calib_tokens": args.calib_tokens, "score_tokens": args.score_tokens, "heal_tokens": args.tokens,
+              "eval_tokens": args.eval_tokens, "k": args.k, "recipe": args.heal}
+    if args.block_len is not None:
+        fields.update(calib_block_len=args.block_len, score_block_len=args.block_len, heal_block_len=args.block_len,
+                      eval_block_len=args.block_len)
+    if args.batch_size is not None:
+        fields.update(calib_batch=args.batch_size, score_batch=args.batch_size, heal_batch=args.batch_size,
+                      eval_batch=args.batch_size)
+    return dataclasses.replace(base, **{k: v for k, v in fields.items() if v is not None})
+
+
+def run(args: argparse.Namespace) -> int:
+    from frankenllama.models import UnsupportedModelError
+    from frankenllama.plan import plan
+
+    try:
+        devices = parse_devices(args.devices, args.throughput)
+    except DeviceSpecError as err:
+        raise UsageError(str(err)) from None
+    settings = settings_from(args)
+    print(f"planning {args.model} on {devices.describe()} (meta device, no weights read)", file=sys.stderr)
+    try:
+        result = plan(args.model, devices, settings)
+    except UnsupportedModelError as err:
+        raise UsageError(str(err)) from None
+    if settings.k is not None and not 1 <= settings.k < result.shape.num_layers:
+        raise UsageError(f"--k {settings.k}: must remove between 1 and {result.shape.num_layers - 1} blocks")
+    print(as_json(result) if args.json else table(result))
+    return 0
+
+
+def add_parser(sub) -> None:
+    """Register the ``plan`` verb."""
+    d = Settings()
+    parser = sub.add_parser("plan", help="per-stage memory, FLOPs and time of a model from its config alone",
+                            description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", required=True, help="config.json, a folder holding one, or a cached registry name")
+    parser.add_argument("--devices", default="cpu", help="device spec: cpu, cpu-64GB, A100-40GB, 2xH100-80GB, 4x24GB")
+    parser.add_argument("--throughput", type=float, default=None,
+                        help="sustained TFLOP/s per device (default: per device kind, see frankenllama.plan.devices)")
+    parser.add_argument("--calib-tokens", type=int, default=None, help=f"similarity pass tokens [{d.calib_tokens}]")
+    parser.add_argument("--score-tokens", type=int, default=None,
+                        help=f"ablation scan and search calibration tokens [{d.score_tokens}]")
+    parser.add_argument("--block-len", type=int, default=None,
+                        help=f"tokens per block, every stage [similarity {d.calib_block_len}, scoring "
+                             f"{d.score_block_len}, healing/eval {d.heal_block_len}]")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"blocks per batch, every stage [similarity {d.calib_batch}, others {d.score_batch}]")
+    parser.add_argument("--k", type=int, default=None, help="blocks to remove [20%% of the blocks]")
+    parser.add_argument("--heal", default=d.recipe, choices=sorted(ADAPTERS), help="healing recipe")
+    parser.add_argument("--tokens", type=int, default=None, help=f"healing token budget [{d.heal_tokens}]")
+    parser.add_argument("--eval-tokens", type=int, default=None, help=f"zero-shot evaluation tokens [{d.eval_tokens}]")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.set_defaults(run=run)

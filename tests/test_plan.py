@@ -1,0 +1,186 @@
+"""The plan: shapes and FLOPs worked out by hand, device specs, placement, and SmolLM2's memory measured on this CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from frankenllama.cli import main
+from frankenllama.paths import MODELS_CACHE_DIR, ROOT
+from frankenllama.plan import DeviceSpecError, Settings, meta_model, model_shape, parse_devices, plan
+
+DATA = Path(__file__).parent / "data"
+SMOLLM2 = MODELS_CACHE_DIR / "smollm2-135m"
+TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, tie_word_embeddings=False)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    """A folder holding only a tiny llama's config.json, and a model.safetensors that is not a weight file."""
+    LlamaConfig(**TINY).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not weights: reading this would fail")
+    return tmp_path
+
+
+def test_meta_build_reads_no_weights(tiny_folder):
+    skeleton = meta_model(str(tiny_folder))
+    assert {p.device.type for p in skeleton.parameters()} == {"meta"}
+    assert plan(str(tiny_folder / "config.json"), "cpu").stages  # the config path works as well as the folder
+
+
+def test_counts_and_flops_by_hand(tiny_folder):
+    shape = model_shape(meta_model(str(tiny_folder)))
+    # H=32, q=4·8=32, kv=2·8=16, I=48: q 32·32, k and v 32·16, o 32·32, gate/up/down 32·48 each
+    matmul = 1024 + 512 + 512 + 1024 + 3 * 1536
+    assert shape.block_matmul_params == matmul == 7680
+    assert shape.block_params == matmul + 2 * 32  # + two RMSNorm weights
+    assert shape.params == 64 * 32 + 2 * 7744 + 32 + 64 * 32 == 19616  # embed, blocks, final norm, untied head
+    torch.manual_seed(0)
+    assert shape.params == sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(**TINY)).parameters())
+    T = 8  # mean causal context (T + 1) / 2 = 4.5 positions; QKᵀ and A·V: 4 · q · 4.5
+    assert shape.block_flops(T) == 2 * 7680 + 4 * 32 * 4.5 == 15936
+    assert shape.head_flops() == 2 * 32 * 64
+    assert shape.forward_flops(T) == 2 * 15936 + 4096
+    assert shape.weight_bytes(4, layers=1) == (19616 - 7744) * 4
+
+
+def test_tied_embeddings_counted_once():
+    shape = model_shape(meta_model(str(DATA / "llama-3.1-8b")))
+    assert not shape.tied and shape.head_params == shape.embed_params
+    tied = model_shape(meta_model(str(SMOLLM2))) if (SMOLLM2 / "config.json").exists() else None
+    if tied is not None:
+        assert tied.tied and tied.params == 134_515_008  # SmolLM2-135M's published count
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("3xfoo", "unknown device kind 'foo'"), ("0xH100", "at least 1"), ("GPU", "names no memory size"),
+    ("2xcpu", "one CPU host"), ("", "cannot read"), ("H100-xGB", "cannot read"),
+])
+def test_device_spec_errors(spec, message):
+    with pytest.raises(DeviceSpecError, match=message):
+        parse_devices(spec)
+
+
+def test_device_specs():
+    two = parse_devices("2xH100-80GB")
+    assert (two.kind, two.count, two.memory_bytes) == ("H100", 2, 80 * 2**30)
+    assert parse_devices("A100-40GB").memory_bytes == 40 * 2**30
+    generic = parse_devices("4x24GB", tflops=50)
+    assert (generic.count, generic.memory_bytes, generic.tflops) == (4, 24 * 2**30, 50)
+    assert parse_devices("cpu").is_cpu
+
+
+def test_cli_bad_devices_exit_2(capsys):
+    assert main(["plan", "--model", str(DATA / "llama-3.1-8b"), "--devices", "3xfoo"]) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown device kind" in err and err.count("\n") == 1
+
+
+def test_llama_8b_on_one_h100(capsys):
+    assert main(["plan", "--model", str(DATA / "llama-3.1-8b"), "--devices", "1xH100-80GB", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["shape"]["params"] == 8_030_261_248  # Llama-3.1-8B's published count
+    assert out["placement"]["0"] == pytest.approx(16e9, rel=0.05)  # bf16 weights
+    stages = {s["name"] + s["what"].split(",")[0]: s for s in out["stages"]}
+    assert all(s["fits"] for s in out["stages"])
+    colocated = next(s for s in out["stages"] if "co-located" in s["what"])
+    cached = next(s for s in out["stages"] if "cached teacher" in s["what"])
+    assert colocated["memory"]["0"] > cached["memory"]["0"] + 15e9  # the teacher's 16 GB of weights
+    assert len(stages) == 8
+
+
+def test_llama_70b_on_two_h100_uses_both():
+    p = plan(str(DATA / "llama-3.1-70b" / "config.json"), "2xH100-80GB")
+    assert p.shape.params == 70_553_706_496
+    assert sum(p.placement.weights.values()) == pytest.approx(141e9, rel=0.05)
+    assert p.placement.layers[0] > 0 and p.placement.layers[1] > 0 and "cpu" not in p.placement.weights
+    assert sum(p.placement.layers.values()) == 80
+    colocated = next(r for r in p.stages if "co-located" in r.what)
+    assert not colocated.fits  # 70B student + 70B teacher cannot share 2 × 80 GiB: heal from cached targets
+    assert next(r for r in p.stages if "cached teacher" in r.what).fits
+
+
+# --------------------------------------------------------------------------------------------------
+# Measured on this CPU: peak resident memory of the similarity pass and of one ablation-scan step
+# --------------------------------------------------------------------------------------------------
+
+_MEASURE = textwrap.dedent("""
+    import json, resource, sys, time, torch
+    from pathlib import Path
+    torch.manual_seed(0)
+    def rss():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096
+    def peak():
+        return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) * 1024
+    def reset_peak():
+        Path("/proc/self/clear_refs").write_text("5")
+    what, folder, n, T, B = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])
+    from transformers import AutoModelForCausalLM
+    ids = torch.randint(0, 49152, (n, T))
+    base = rss()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():  # weights may be mmapped from the file: make them resident before measuring
+        [float(p.sum()) for p in model.parameters()]
+    weights = rss() - base
+    reset_peak()
+    start = time.perf_counter()
+    if what == "similarity":
+        from frankenllama.similarity import layer_similarity
+        layer_similarity(model, ids, batch_size=B)
+    else:  # the scan's first step (unit 0 runs every block): stop at the progress bar's second update
+        try:
+            import frankenllama.scoring.measures as scan_module
+        except ImportError:
+            import frankenllama.scores as scan_module
+        class Stop(Exception): pass
+        class Bar:
+            def __init__(self, *a, **k): self.n = 0
+            def update(self, *a):
+                self.n += 1
+                if self.n == 1: raise Stop
+        scan_module.tqdm = Bar
+        try:
+            scan_module.ablation_scan(model, ids, batch_size=B)
+        except Stop:
+            pass
+    seconds = time.perf_counter() - start
+    print(json.dumps({"peak": peak() - base, "weights": weights, "seconds": seconds}))
+""")
+
+
+def _measure(what: str, n: int, T: int, B: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", _MEASURE, what, str(SMOLLM2), str(n), str(T), str(B)],
+                         capture_output=True, text=True, check=True, cwd=ROOT, timeout=300,
+                         env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1",
+                              "PATH": "/usr/bin:/bin"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not (SMOLLM2 / "config.json").exists(), reason="SmolLM2 not prepared (make prepare)")
+def test_smollm2_estimates_against_measurements():
+    n, T, B = 4, 128, 4  # one batch of four 128-token blocks keeps the test short on 2 shared cores
+    settings = Settings(calib_tokens=n * T, calib_block_len=T, calib_batch=B, score_tokens=n * T,
+                        score_block_len=T, score_batch=B)
+    p = plan(str(SMOLLM2), "cpu", settings)
+    rows = {r.name: r for r in p.stages}
+    sim, scan = _measure("similarity", n, T, B), _measure("ablation", n, T, B)
+    estimates = {"similarity": rows["similarity"].memory["cpu"], "ablation": rows["ablation scan"].memory["cpu"]}
+    weights = p.shape.weight_bytes(4)
+    for name, measured in (("similarity", sim), ("ablation", scan)):
+        print(f"{name}: peak memory estimated {estimates[name] / 1e6:.0f} MB, measured {measured['peak'] / 1e6:.0f} MB "
+              f"(weights estimated {weights / 1e6:.0f} MB, measured {measured['weights'] / 1e6:.0f} MB; beyond the "
+              f"weights estimated {(estimates[name] - weights) / 1e6:.0f} MB, measured {(measured['peak'] - measured['weights']) / 1e6:.0f} MB)")
+        assert 0.5 <= measured["peak"] / estimates[name] <= 2.0
+    step = p.shape.forward_flops(T) * B * T * 2 + p.shape.head_flops() * B * T * 2  # base + unit 0 with KL
+    print(f"similarity time: estimated {rows['similarity'].seconds:.2f} s at {p.devices.tflops} TFLOP/s, "
+          f"measured {sim['seconds']:.2f} s ({rows['similarity'].forward_flops / sim['seconds'] / 1e9:.1f} GFLOP/s)")
+    print(f"ablation step time: estimated {step / p.devices.tflops / 1e12:.2f} s, measured {scan['seconds']:.2f} s")
