@@ -46,7 +46,7 @@ def compute_dtype(devices: DeviceSpec) -> torch.dtype:
 def plan(model: str, devices: DeviceSpec | str = "cpu", settings: Settings | None = None) -> Plan:
     """Every stage's estimate for ``model`` (config.json, folder or cached registry name) on ``devices``."""
     devices = parse_devices(devices) if isinstance(devices, str) else devices
-    settings = settings or Settings()
+    settings = settings or Settings.from_profile()
     skeleton = meta_model(model)
     shape = model_shape(skeleton)
     dtype = compute_dtype(devices)

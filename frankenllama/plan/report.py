@@ -69,7 +69,7 @@ def as_json(p) -> str:
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """The workload of every stage from the options (defaults: ``Settings``)."""
-    base = Settings()
+    base = Settings.from_profile()
     for name in ("calib_tokens", "score_tokens", "tokens", "eval_tokens", "block_len", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub) -> None:
     """Register the ``plan`` verb."""
-    d = Settings()
+    d = Settings.from_profile()
     parser = sub.add_parser("plan", help="per-stage memory, FLOPs and time of a model from its config alone",
                             description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="config.json, a folder holding one, or a cached registry name")

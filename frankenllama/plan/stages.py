@@ -40,7 +40,7 @@ F32 = 4
 
 @dataclass(frozen=True)
 class Settings:
-    """The workload of every stage (defaults: the "default" profile's settings, see ``frankenllama.plan.settings``)."""
+    """The workload of every stage; ``Settings.from_profile()`` reads the "default" profile's (what the CLI uses)."""
 
     calib_tokens: int = 16_384  # similarity pass: tokens
     calib_block_len: int = 256
@@ -62,6 +62,18 @@ class Settings:
 
     def removed(self, num_layers: int) -> int:
         return self.k if self.k is not None else max(1, round(0.2 * num_layers))
+
+    @classmethod
+    def from_profile(cls, name: str = "default") -> Settings:
+        """The workloads of profile ``name`` (``frankenllama.stages.profiles``), where the settings live."""
+        from frankenllama.stages.profiles import build
+
+        run = build(name)
+        sim, score, heal = run.similarity, run.pruning.scoring, run.healing
+        return cls(calib_tokens=sim.data.n_blocks * sim.data.block_len, calib_block_len=sim.data.block_len,
+                   calib_batch=sim.batch_size, score_tokens=score.calib.n_blocks * score.calib.block_len,
+                   score_block_len=score.calib.block_len, score_batch=score.batch_size, heal_tokens=heal.tokens,
+                   heal_block_len=heal.block_len, heal_batch=heal.batch_size, kd_top_k=heal.kd_top_k)
 
 
 @dataclass
