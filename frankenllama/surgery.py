@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from frankenllama.models import decoder_layers
+from frankenllama.units import check_ids
 
 SUBLAYER_KEY = "removed_sublayers"  # frankenllama.sublayer's record of removed sub-blocks (current block ids)
 
@@ -30,19 +31,7 @@ def check_layer_ids(layers: Iterable[int], num_layers: int, allow_all: bool = Fa
     Refuses non-integers, out-of-range and duplicate ids, and (unless ``allow_all``) removing every
     block, with a message that says how to fix the call.
     """
-    ids = list(layers)
-    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int)]
-    if bad:
-        raise TypeError(f"layer ids must be integers, got {bad!r}")
-    out = [i for i in ids if not 0 <= i < num_layers]
-    if out:
-        raise ValueError(f"layer ids {out} out of range: the model has layers 0 … {num_layers - 1}")
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise ValueError(f"duplicate layer ids {dupes}: name each layer once")
-    if not allow_all and len(ids) >= num_layers:
-        raise ValueError(f"cannot remove all {num_layers} layers: keep at least one")
-    return sorted(ids)
+    return check_ids(layers, num_layers, "layer", allow_all)
 
 
 def lineage(model: PreTrainedModel) -> dict[str, Any]:

@@ -68,21 +68,30 @@ def describe(ids: Iterable[int]) -> list[str]:
     return [f"{layer_of(i)}.{PARTS[part_of(i)]}" for i in sorted(ids)]
 
 
-def check_sublayer_ids(ids: Iterable[int], num_layers: int) -> list[int]:
-    """Validate sub-block ids of an L-block model (0 … 2L−1, no repeats, not all); return them sorted."""
+def check_ids(ids: Iterable[int], count: int, noun: str, allow_all: bool = False) -> list[int]:
+    """Validate ids of ``noun``s (``"layer"``, ``"sub-block"``) among ``0 … count−1``; return them sorted.
+
+    Refuses non-integers, out-of-range and duplicate ids, and (unless ``allow_all``) removing all
+    ``count``, with a message that says how to fix the call.
+    """
     ids = list(ids)
-    units = num_units(num_layers, "sublayer")
     bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int)]
     if bad:
-        raise TypeError(f"sub-block ids must be integers, got {bad!r}")
-    out = [i for i in ids if not 0 <= i < units]
+        raise TypeError(f"{noun} ids must be integers, got {bad!r}")
+    out = [i for i in ids if not 0 <= i < count]
     if out:
-        raise ValueError(f"sub-block ids {out} out of range: the model has sub-blocks 0 … {units - 1}")
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate sub-block ids in {sorted(ids)}: name each sub-block once")
-    if len(ids) >= units:
-        raise ValueError(f"cannot remove all {units} sub-blocks: keep at least one")
+        raise ValueError(f"{noun} ids {out} out of range: the model has {noun}s 0 … {count - 1}")
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"duplicate {noun} ids {dupes}: name each {noun} once")
+    if not allow_all and len(ids) >= count:
+        raise ValueError(f"cannot remove all {count} {noun}s: keep at least one")
     return sorted(ids)
+
+
+def check_sublayer_ids(ids: Iterable[int], num_layers: int) -> list[int]:
+    """Validate sub-block ids of an L-block model (0 … 2L−1, no repeats, not all); return them sorted."""
+    return check_ids(ids, num_units(num_layers, "sublayer"), "sub-block")
 
 
 def removal_mask(units: Sequence[int], num_layers: int, granularity: Granularity) -> np.ndarray:
