@@ -16,7 +16,10 @@ import sys
 from collections.abc import Sequence
 
 # verb -> "module:function that adds its subparser"
-VERBS: dict[str, str] = {}
+VERBS: dict[str, str] = {
+    "export-gguf": "frankenllama.export.cli:add_parser",
+    "budget": "frankenllama.export.budget:add_parser",
+}
 
 
 class UsageError(Exception):
