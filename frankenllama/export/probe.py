@@ -1,8 +1,11 @@
-"""``python -m frankenllama.export.probe MODEL.gguf``: one llama.cpp run, measured from inside a fresh process.
+"""``python frankenllama/export/probe.py MODEL.gguf``: one llama.cpp run, measured from inside a fresh process.
+
+Run it as a script, not with ``-m``: importing the ``frankenllama`` package would load torch and
+transformers into the measured process. It imports only the standard library, NumPy and llama_cpp.
 
 Prints one JSON line: load seconds, prefill and decode tokens/s (``llama-bench``'s pp / tg split:
 one batch of ``--prompt`` tokens, then ``--decode`` single-token steps), and the process's peak
-resident set size (``getrusage`` ``ru_maxrss``) after the run, with the peak before the model was
+resident set size (``VmHWM``) after the run, with the peak before the model was
 loaded (Python, NumPy and the bindings) as ``baseline_rss_bytes``. Weights are memory-mapped, so the
 pages the run touches count towards the peak: it is what the model occupies while generating. A
 fresh process per measurement keeps one model's pages out of another's peak.
@@ -18,6 +21,18 @@ import time
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak resident set: ``VmHWM`` of /proc/self/status (Linux), else ``ru_maxrss``.
+
+    ``ru_maxrss`` survives ``execve`` on Linux, so a child of a large parent would report the parent's
+    peak; ``VmHWM`` belongs to the process's own address space.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
@@ -46,7 +61,7 @@ def probe(path: str, prompt: int, decode: int, threads: int, n_ctx: int) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m frankenllama.export.probe", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="probe.py", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model", help="GGUF file")
     parser.add_argument("--prompt", type=int, default=128, help="prefill tokens")

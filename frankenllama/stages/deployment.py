@@ -8,9 +8,10 @@ caller: notebook 02's best strategy) and each GGUF storage type, the stage expor
 - ``peak_rss_bytes``: the peak resident set of a fresh process that loads the file, prefills
   ``prompt_tokens`` and decodes ``decode_tokens`` (``frankenllama.export.probe``), and
   ``model_rss_bytes``: that peak minus the same process's peak before loading;
-- ``prefill_tok_s`` / ``decode_tok_s``: medians over ``repeats`` rounds; within a round every
+- ``prefill_tok_s`` / ``decode_tok_s``: the best of ``repeats`` rounds (like ``timeit``'s minimum
+  time: interference from other processes only ever slows a run down); within a round every
   combination runs once, in order, so slow drift of a shared CPU hits all alike (side by side,
-  interleaved, one run);
+  interleaved, one run); ``threads`` llama.cpp threads;
 - ``ppl``: held-out perplexity from llama.cpp's logits on ``data`` (blocks scored independently);
 - ``kl`` / ``top1``: mean KL(original ‖ variant) per position and top-1 agreement with the
   original model's f16 GGUF logits on the same blocks.
@@ -22,7 +23,6 @@ Rows also carry what a KV cache needs (``kv_layers``: blocks with attention, ``n
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from frankenllama.cache import cached_json, seed_everything
-from frankenllama.export import llamacpp
+from frankenllama.export import llamacpp, probe
 from frankenllama.export.gguf import QTYPES, export_gguf, layer_shapes
 from frankenllama.models import DEFAULT_MODEL, decoder_layers, load_model, load_tokenizer, model_folder
 from frankenllama.stages.common import DataConfig
@@ -64,7 +64,8 @@ class DeploymentConfig:
     prompt_tokens: int = 128
     decode_tokens: int = 32
     repeats: int = 2
-    threads: int = 2
+    threads: int = 2  # llama.cpp threads of the speed runs
+    eval_threads: int = 1  # llama.cpp threads of the logits runs: spinning threads collapse on a busy CPU
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -79,8 +80,8 @@ class DeploymentConfig:
         wrong = [k for k, units in self.removals if k < 0 or len(units) != per_k * k]
         if wrong:
             raise ValueError(f"removals at k = {wrong} do not hold {per_k}·k {self.granularity} ids")
-        if min(self.prompt_tokens, self.decode_tokens, self.repeats, self.threads) < 1:
-            raise ValueError("prompt_tokens, decode_tokens, repeats and threads must be positive")
+        if min(self.prompt_tokens, self.decode_tokens, self.repeats, self.threads, self.eval_threads) < 1:
+            raise ValueError("prompt_tokens, decode_tokens, repeats, threads and eval_threads must be positive")
         if self.healed is not None and not (Path(self.healed) / "config.json").is_file():
             raise ValueError(f"healed variant {self.healed} is not a model folder (no config.json)")
 
@@ -130,11 +131,11 @@ def measure_fidelity(rows: list[dict[str, Any]], config: DeploymentConfig, folde
     reference_path = Path(same[0]) if same else folder / "reference-f16.gguf"
     if not same:
         export_gguf(config.model, reference_path, "f16")
-    llm = llamacpp.open_gguf(reference_path, n_ctx=blocks.shape[1], n_threads=config.threads)
+    llm = llamacpp.open_gguf(reference_path, n_ctx=blocks.shape[1], n_threads=config.eval_threads)
     reference = torch.from_numpy(llamacpp.block_logits(llm, blocks))  # (N, T, V)
     del llm
     for row in rows:
-        llm = llamacpp.open_gguf(row["path"], n_ctx=blocks.shape[1], n_threads=config.threads)
+        llm = llamacpp.open_gguf(row["path"], n_ctx=blocks.shape[1], n_threads=config.eval_threads)
         logits = llamacpp.block_logits(llm, blocks)
         del llm
         fit = llamacpp.agreement(reference, logits)
@@ -144,7 +145,9 @@ def measure_fidelity(rows: list[dict[str, Any]], config: DeploymentConfig, folde
 
 def run_probe(path: str, config: DeploymentConfig) -> dict[str, float]:
     """One ``frankenllama.export.probe`` run of ``path`` in a fresh process."""
-    command = [sys.executable, "-m", "frankenllama.export.probe", path, "--prompt", str(config.prompt_tokens),
+    # run as a plain script: `-m frankenllama.export.probe` would import the package (torch, transformers)
+    # into the measured process and inflate its baseline
+    command = [sys.executable, str(Path(probe.__file__)), path, "--prompt", str(config.prompt_tokens),
                "--decode", str(config.decode_tokens), "--threads", str(config.threads),
                "--ctx", str(config.prompt_tokens + config.decode_tokens + 8)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -154,15 +157,16 @@ def run_probe(path: str, config: DeploymentConfig) -> dict[str, float]:
 
 
 def measure_speed(rows: list[dict[str, Any]], config: DeploymentConfig) -> None:
-    """Add speed and peak RSS: ``repeats`` rounds, each running every row once (interleaved), medians kept."""
+    """Add speed and peak RSS: ``repeats`` rounds, each running every row once (interleaved), best kept."""
     runs: list[list[dict[str, float]]] = [[] for _ in rows]
     for round_ in range(config.repeats):
         for i, row in enumerate(rows):
             runs[i].append(run_probe(row["path"], config))
         print(f"speed round {round_ + 1}/{config.repeats} done", file=sys.stderr)
     for row, measured in zip(rows, runs):
-        for key in ("prefill_tok_s", "decode_tok_s", "load_s"):
-            row[key] = statistics.median(m[key] for m in measured)
+        for key in ("prefill_tok_s", "decode_tok_s"):
+            row[key] = max(m[key] for m in measured)
+        row["load_s"] = min(m["load_s"] for m in measured)
         row["peak_rss_bytes"] = max(m["peak_rss_bytes"] for m in measured)
         row["model_rss_bytes"] = max(m["peak_rss_bytes"] - m["baseline_rss_bytes"] for m in measured)
 
