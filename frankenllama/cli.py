@@ -17,8 +17,10 @@ from collections.abc import Sequence
 
 # verb -> "module:function that adds its subparser"
 VERBS: dict[str, str] = {
-    "cache": "frankenllama.integrity:add_cache_parser",
+    "export-gguf": "frankenllama.export.cli:add_parser",
+    "budget": "frankenllama.export.budget:add_parser",
     "plan": "frankenllama.plan.report:add_parser",
+    "cache": "frankenllama.integrity:add_cache_parser",
 }
 
 
