@@ -2,7 +2,7 @@
 
 The naive search evaluates every candidate with a full forward pass of the model with that block
 removed (blocks dropped from the model without copying, logits and cross-entropy as in
-``frankenllama.perplexity``). The cached search starts each candidate from the stored residual
+``frankenllama.eval.perplexity``). The cached search starts each candidate from the stored residual
 stream entering its block and runs only the blocks after it, the final norm and the LM head, and
 after each step refreshes only the streams after the removed block. Both are exact; the script
 checks that they choose the same blocks and prints the measured speed-up, side by side on the real

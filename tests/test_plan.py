@@ -136,10 +136,7 @@ _MEASURE = textwrap.dedent("""
         from frankenllama.similarity import layer_similarity
         layer_similarity(model, ids, batch_size=B)
     else:  # the scan's first step (unit 0 runs every block): stop at the progress bar's second update
-        try:
-            import frankenllama.scoring.measures as scan_module
-        except ImportError:
-            import frankenllama.scores as scan_module
+        import frankenllama.scoring.measures as scan_module
         class Stop(Exception): pass
         class Bar:
             def __init__(self, *a, **k): self.n = 0

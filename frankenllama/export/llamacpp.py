@@ -3,7 +3,7 @@
 What the deployment checks and the trade-off study ask of llama.cpp: the logits of every position of
 token blocks (``logits_all=True``), greedy continuations, and held-out perplexity computed from those
 logits with the workbook's own ``next_token_nll`` (so llama.cpp and transformers are scored by the
-same code). Each block is evaluated from an empty KV cache, like ``frankenllama.perplexity`` scores
+same code). Each block is evaluated from an empty KV cache, like ``frankenllama.eval.perplexity`` scores
 blocks independently. ``llama_cpp`` is imported only when a function runs; ``available()`` says
 whether it is installed (``pip install llama-cpp-python==0.3.36`` builds llama.cpp from source).
 """
