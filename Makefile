@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 # relative paths in notebook parameters and on the command line mean the folder make runs in (the repository root)
 export FRANKENLLAMA_CWD := $(CURDIR)
 
-.PHONY: install data figures test lab clean $(addprefix notebook-,$(NUMBERS))
+.PHONY: install data figures test lab deploy-check clean $(addprefix notebook-,$(NUMBERS))
 
 $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ lab: data
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# llama.cpp itself against transformers: exported GGUF files (original, whole-block and sub-block
+# pruned) must give the same logits and greedy tokens. Builds llama-cpp-python once (pip caches it).
+deploy-check: $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-deploy.txt
+	$(PY) -m pytest -m deploy tests/deploy $(PYTEST_ARGS)
 
 clean:
 	rm -rf build data/cache
