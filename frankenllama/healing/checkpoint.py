@@ -28,6 +28,7 @@ import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,27 @@ class CheckpointFormatError(CheckpointMismatchError):
 def default_checkpoint_dir(out_dir: Path) -> Path:
     """``<parent>/.<name>.checkpoints``: hidden beside the output, so list_variants skips it."""
     return out_dir.parent / f".{out_dir.name}.checkpoints"
+
+
+def discard_checkpoints(folder: Path, fingerprint: str | None = None) -> None:
+    """Remove checkpoint ``folder`` of a finished run: renamed aside first, then deleted.
+
+    A run killed while deleting leaves a ``.<name>.<pid>.tmp`` folder, which the next write of the
+    output folder (``frankenllama.cache.atomic_dir``) or ``cache verify --fix`` removes, never a
+    half-deleted folder that a later run would refuse as a damaged checkpoint. With ``fingerprint``,
+    a folder holding a checkpoint of another run is kept (that run may still resume from it).
+    """
+    if not folder.exists():
+        return
+    if fingerprint is not None and (folder / INDEX_FILE).is_file():
+        try:
+            if json.loads((folder / INDEX_FILE).read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+                return
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            pass  # an unreadable index: no run can resume from it
+    trash = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- RNG state

@@ -25,7 +25,6 @@ as a cache hit instead of retraining.
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.cache import seed_everything, to_jsonable
-from frankenllama.healing.checkpoint import default_checkpoint_dir, load_checkpoint, save_checkpoint
+from frankenllama.healing.checkpoint import default_checkpoint_dir, discard_checkpoints, load_checkpoint, save_checkpoint
 from frankenllama.healing.fingerprint import input_digests, run_fingerprint
 from frankenllama.healing.loop import TrainLog, eval_ppl, train
 from frankenllama.healing.patch import linear_patch
@@ -89,6 +88,8 @@ def heal(
     out_dir = Path(out_dir) if out_dir is not None else None
     cached = load_healed(out_dir, fingerprint, config) if out_dir is not None else None
     if cached is not None:
+        # a run killed after saving but before removing its checkpoints left them: they are obsolete
+        discard_checkpoints(default_checkpoint_dir(out_dir) if checkpoint_dir is None else Path(checkpoint_dir), fingerprint)
         return cached
     if checkpoint_dir is None and out_dir is not None:
         checkpoint_dir = default_checkpoint_dir(out_dir)
@@ -129,6 +130,6 @@ def heal(
     )  # fmt: skip
     if out_dir is not None:
         save_healed(out_dir, result, tokenizer, removed=removed_layers(student), meta=meta)
-    if checkpoint_dir is not None and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if checkpoint_dir is not None:
+        discard_checkpoints(checkpoint_dir)
     return result
