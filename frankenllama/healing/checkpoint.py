@@ -23,6 +23,7 @@ run killed at any instant leaves the previous complete checkpoint readable.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -58,11 +59,13 @@ def default_checkpoint_dir(out_dir: Path) -> Path:
 def discard_checkpoints(folder: Path, fingerprint: str | None = None) -> None:
     """Remove checkpoint ``folder`` of a finished run: renamed aside first, then deleted.
 
-    A run killed while deleting leaves a ``.<name>.<pid>.tmp`` folder, which the next write of the
-    output folder (``frankenllama.cache.atomic_dir``) or ``cache verify --fix`` removes, never a
-    half-deleted folder that a later run would refuse as a damaged checkpoint. With ``fingerprint``,
-    a folder holding a checkpoint of another run is kept (that run may still resume from it).
+    A run killed while deleting leaves a ``<name>.<pid>.tmp`` folder (removed by the next call, the
+    next write of the output folder or ``cache verify --fix``), never a half-deleted folder that a
+    later run would refuse as a damaged checkpoint. With ``fingerprint``, a folder holding a
+    checkpoint of another run is kept (that run may still resume from it).
     """
+    for trash in folder.parent.glob(f"{glob.escape(folder.name)}.*.tmp"):  # left by a run killed while deleting
+        shutil.rmtree(trash, ignore_errors=True)
     if not folder.exists():
         return
     if fingerprint is not None and (folder / INDEX_FILE).is_file():

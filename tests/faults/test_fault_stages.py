@@ -9,6 +9,7 @@ pruned variant, which the pruning stage must save again instead of keeping.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -90,6 +91,8 @@ def test_heal_killed_after_saving_before_removing_checkpoints_cleans_up_on_rerun
     with pytest.raises(KeyboardInterrupt):
         heal(*args, **kwargs)
     assert intact(kwargs["out_dir"]) and (checkpoints / INDEX_FILE).is_file()
+    trash = checkpoints.with_name(f"{checkpoints.name}.999.tmp")  # what a kill during the deletion leaves
+    shutil.copytree(checkpoints, trash)
     monkeypatch.setattr(pipeline, "discard_checkpoints", original)
     result = heal(*args, **kwargs)
     assert result.cached and not checkpoints.exists()  # the obsolete checkpoints went with the cache hit
