@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from frankenllama.cache import seed_everything, to_jsonable
+from frankenllama.cache import atomic_write_text, seed_everything, to_jsonable
 from frankenllama.healing.checkpoint import default_checkpoint_dir, discard_checkpoints, load_checkpoint, save_checkpoint
 from frankenllama.healing.fingerprint import input_digests, run_fingerprint
 from frankenllama.healing.loop import TrainLog, eval_ppl, train
@@ -99,7 +99,7 @@ def heal(
 
     def save(step: int, state: dict[str, Any]) -> None:
         save_checkpoint(checkpoint_dir, fingerprint, step, {**state, "wall_time_s": prior_wall + time.perf_counter() - t_call})
-        (checkpoint_dir / "losses.csv").write_text(rows_csv(state["losses"]))  # for a look at a running heal
+        atomic_write_text(checkpoint_dir / "losses.csv", rows_csv(state["losses"]))  # for a look at a running heal
 
     seed_everything(config.seed)
     work = copy.deepcopy(student)
