@@ -34,7 +34,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.cache import atomic_write_text, seed_everything, to_jsonable
-from frankenllama.healing.checkpoint import default_checkpoint_dir, discard_checkpoints, load_checkpoint, save_checkpoint
+from frankenllama.healing.checkpoint import (default_checkpoint_dir, discard_checkpoints, load_checkpoint,
+                                            save_checkpoint)
 from frankenllama.healing.fingerprint import input_digests, run_fingerprint
 from frankenllama.healing.loop import TrainLog, eval_ppl, train
 from frankenllama.healing.patch import linear_patch
@@ -89,7 +90,8 @@ def heal(
     cached = load_healed(out_dir, fingerprint, config) if out_dir is not None else None
     if cached is not None:
         # a run killed after saving but before removing its checkpoints left them: they are obsolete
-        discard_checkpoints(default_checkpoint_dir(out_dir) if checkpoint_dir is None else Path(checkpoint_dir), fingerprint)
+        stale = default_checkpoint_dir(out_dir) if checkpoint_dir is None else Path(checkpoint_dir)
+        discard_checkpoints(stale, fingerprint)
         return cached
     if checkpoint_dir is None and out_dir is not None:
         checkpoint_dir = default_checkpoint_dir(out_dir)

@@ -249,7 +249,8 @@ def save_pruned_variants(
                     "granularity": row.granularity, "eval_ppl": float(row.eval_ppl), "best_at_k": strategy == best,
                     "pruning_config_key": config_key("pruning", config, CODE), "config": config}
             names.append(name)
-            if existing.get(name, {}).get("pruning_config_key") == meta["pruning_config_key"] and intact(variant_path(name)):
+            saved = existing.get(name, {}).get("pruning_config_key") == meta["pruning_config_key"]
+            if saved and intact(variant_path(name)):
                 continue  # a damaged copy was quarantined by ``intact`` and is saved again
             pruned = drop_layers(model, row.units) if row.granularity == "layer" else prune_sublayers(model, row.units)
             save_variant(name, pruned, tokenizer, meta, seed=config.seed)

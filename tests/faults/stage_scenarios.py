@@ -32,7 +32,8 @@ from frankenllama import cache, paths
 from frankenllama.cache import atomic_dir
 from frankenllama.healing import HealConfig, heal
 from frankenllama.loss import next_token_nll
-from frankenllama.stages import DataConfig, PruningConfig, ScoringConfig, SimilarityConfig, pruning_stage, similarity_stage
+from frankenllama.stages import (DataConfig, PruningConfig, ScoringConfig, SimilarityConfig, pruning_stage,
+                                 similarity_stage)
 from frankenllama.stages.pruning import save_pruned_variants
 from frankenllama.surgery import drop_layers
 from frankenllama.variants import load_variant
@@ -71,8 +72,8 @@ def _similarity_config(workdir: Path) -> SimilarityConfig:
 
 def _pruning_config(workdir: Path, strategy: str) -> PruningConfig:
     corpus = str(inputs(workdir) / "corpus.txt")
-    return PruningConfig(similarity=_similarity_config(workdir),
-                         scoring=ScoringConfig(DataConfig(corpus, "calib", 16, 4), batch_size=2, taylor_jackknife=False),
+    scoring = ScoringConfig(DataConfig(corpus, "calib", 16, 4), batch_size=2, taylor_jackknife=False)
+    return PruningConfig(similarity=_similarity_config(workdir), scoring=scoring,
                          eval_data=DataConfig(corpus, "eval", 16, 4), strategies=(strategy,), ks=(0, 1, 2), batch_size=2)
 
 
