@@ -41,8 +41,11 @@ def save_model_folder(
     """Save ``model`` + ``tokenizer`` as a plain transformers folder with ``frankenllama.json``, atomically.
 
     ``files``: extra text files to write beside the weights, ``{file name: text}`` (e.g. a loss log).
+    A full or read-only disk raises ``frankenllama.cache.CacheWriteError`` naming ``folder`` and the
+    weights' size; nothing is kept.
     """
-    with atomic_dir(folder) as tmp:
+    weights = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}  # tied once
+    with atomic_dir(folder, need_bytes=sum(weights.values())) as tmp:  # a disk without room is refused up front
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name, text in (files or {}).items():

@@ -18,22 +18,27 @@ The JSON encoding is exact and typed: tuples, dicts with non-string keys (the op
 ``{param_id: state}``) and NumPy arrays (NumPy's RNG state) are tagged so that decoding rebuilds
 the very values that were saved; floats round-trip exactly through ``repr``. Writing is atomic:
 the tensor file is written under a new name first and the index is renamed into place last, so a
-run killed at any instant leaves the previous complete checkpoint readable.
+run killed at any instant leaves the previous complete checkpoint readable; a full or read-only
+disk raises ``frankenllama.cache.CacheWriteError`` naming the file and the bytes it needed.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from frankenllama.cache import atomic_file, atomic_write_text
 
 INDEX_FILE = "checkpoint.json"
 LEGACY_FILE = "checkpoint.pt"  # the pickled format of earlier versions: refused, never loaded
@@ -52,6 +57,29 @@ class CheckpointFormatError(CheckpointMismatchError):
 def default_checkpoint_dir(out_dir: Path) -> Path:
     """``<parent>/.<name>.checkpoints``: hidden beside the output, so list_variants skips it."""
     return out_dir.parent / f".{out_dir.name}.checkpoints"
+
+
+def discard_checkpoints(folder: Path, fingerprint: str | None = None) -> None:
+    """Remove checkpoint ``folder`` of a finished run: renamed aside first, then deleted.
+
+    A run killed while deleting leaves a ``<name>.<pid>.tmp`` folder (removed by the next call, the
+    next write of the output folder or ``cache verify --fix``), never a half-deleted folder that a
+    later run would refuse as a damaged checkpoint. With ``fingerprint``, a folder holding a
+    checkpoint of another run is kept (that run may still resume from it).
+    """
+    for trash in folder.parent.glob(f"{glob.escape(folder.name)}.*.tmp"):  # left by a run killed while deleting
+        shutil.rmtree(trash, ignore_errors=True)
+    if not folder.exists():
+        return
+    if fingerprint is not None and (folder / INDEX_FILE).is_file():
+        try:
+            if json.loads((folder / INDEX_FILE).read_text(encoding="utf-8")).get("fingerprint") != fingerprint:
+                return
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            pass  # an unreadable index: no run can resume from it
+    trash = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+    os.replace(folder, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- RNG state
@@ -121,25 +149,22 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- save / load
 def save_checkpoint(folder: Path, fingerprint: str, step: int, state: dict[str, Any]) -> None:
-    """Write ``state`` (tensors, scalars, lists, dicts, RNG states) as checkpoint ``step`` of run ``fingerprint``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` (tensors, scalars, lists, dicts, RNG states) as checkpoint ``step`` of run ``fingerprint``.
+
+    Each file goes through a temporary file renamed into place (``frankenllama.cache.atomic_file``);
+    a full or read-only disk raises ``CacheWriteError`` naming the file and the bytes it needed, and
+    the previous checkpoint stays readable.
+    """
     tensors: dict[str, torch.Tensor] = {}
     encoded = encode(state, tensors)
     name = f"tensors-{step:08d}.safetensors"
-    tmp = folder / f".{name}.tmp"
-    save_file(tensors, tmp)
-    os.replace(tmp, folder / name)
+    with atomic_file(folder / name, need_bytes=sum(t.numel() * t.element_size() for t in tensors.values())) as tmp:
+        save_file(tensors, tmp)
     index = {"format": FORMAT, "fingerprint": fingerprint, "step": step, "tensors": name,
              "sha256": _sha256(folder / name), "state": encoded}  # fmt: skip
-    _replace_text(folder / INDEX_FILE, json.dumps(index) + "\n")
+    atomic_write_text(folder / INDEX_FILE, json.dumps(index) + "\n")
     for old in folder.glob("tensors-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)

@@ -25,7 +25,6 @@ as a cache hit instead of retraining.
 from __future__ import annotations
 
 import copy
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +33,9 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from frankenllama.cache import seed_everything, to_jsonable
-from frankenllama.healing.checkpoint import default_checkpoint_dir, load_checkpoint, save_checkpoint
+from frankenllama.cache import atomic_write_text, seed_everything, to_jsonable
+from frankenllama.healing.checkpoint import (default_checkpoint_dir, discard_checkpoints, load_checkpoint,
+                                            save_checkpoint)
 from frankenllama.healing.fingerprint import input_digests, run_fingerprint
 from frankenllama.healing.loop import TrainLog, eval_ppl, train
 from frankenllama.healing.patch import linear_patch
@@ -89,6 +89,9 @@ def heal(
     out_dir = Path(out_dir) if out_dir is not None else None
     cached = load_healed(out_dir, fingerprint, config) if out_dir is not None else None
     if cached is not None:
+        # a run killed after saving but before removing its checkpoints left them: they are obsolete
+        stale = default_checkpoint_dir(out_dir) if checkpoint_dir is None else Path(checkpoint_dir)
+        discard_checkpoints(stale, fingerprint)
         return cached
     if checkpoint_dir is None and out_dir is not None:
         checkpoint_dir = default_checkpoint_dir(out_dir)
@@ -98,7 +101,7 @@ def heal(
 
     def save(step: int, state: dict[str, Any]) -> None:
         save_checkpoint(checkpoint_dir, fingerprint, step, {**state, "wall_time_s": prior_wall + time.perf_counter() - t_call})
-        (checkpoint_dir / "losses.csv").write_text(rows_csv(state["losses"]))  # for a look at a running heal
+        atomic_write_text(checkpoint_dir / "losses.csv", rows_csv(state["losses"]))  # for a look at a running heal
 
     seed_everything(config.seed)
     work = copy.deepcopy(student)
@@ -129,6 +132,6 @@ def heal(
     )  # fmt: skip
     if out_dir is not None:
         save_healed(out_dir, result, tokenizer, removed=removed_layers(student), meta=meta)
-    if checkpoint_dir is not None and checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if checkpoint_dir is not None:
+        discard_checkpoints(checkpoint_dir)
     return result

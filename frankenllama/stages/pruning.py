@@ -26,7 +26,7 @@ from frankenllama.stages.similarity import SimilarityConfig, similarity_stage
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
 from frankenllama.units import describe, removal_mask
-from frankenllama.variants import list_variants, save_variant
+from frankenllama.variants import intact, list_variants, save_variant, variant_path
 
 
 STUDY_KS: tuple[int, ...] = (3, 6, 9)  # the k's of the study: searches, sub-layer strategies, stability
@@ -249,8 +249,9 @@ def save_pruned_variants(
                     "granularity": row.granularity, "eval_ppl": float(row.eval_ppl), "best_at_k": strategy == best,
                     "pruning_config_key": config_key("pruning", config, CODE), "config": config}
             names.append(name)
-            if existing.get(name, {}).get("pruning_config_key") == meta["pruning_config_key"]:
-                continue
+            saved = existing.get(name, {}).get("pruning_config_key") == meta["pruning_config_key"]
+            if saved and intact(variant_path(name)):
+                continue  # a damaged copy was quarantined by ``intact`` and is saved again
             pruned = drop_layers(model, row.units) if row.granularity == "layer" else prune_sublayers(model, row.units)
             save_variant(name, pruned, tokenizer, meta, seed=config.seed)
             del pruned

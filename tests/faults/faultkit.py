@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from frankenllama.integrity import verify_cache
+from scenarios import PREPARE
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -31,6 +32,8 @@ class KillServer:
     def run(self, scenario: str, workdir: Path, kill: str = "none", **kw: Any) -> dict[str, Any]:
         """Run ``scenario`` in a forked child; return the server's reply plus the child's output, if any."""
         workdir.mkdir(parents=True, exist_ok=True)
+        if scenario in PREPARE:
+            PREPARE[scenario](workdir)
         out = workdir.parent / f"{workdir.name}.out.json"
         out.unlink(missing_ok=True)
         request = {"scenario": scenario, "workdir": str(workdir), "out": str(out), "kill": kill, **kw}
@@ -87,5 +90,6 @@ def assert_nothing_partial(root: Path) -> list[str]:
 
 
 def leftovers(root: Path) -> list[str]:
-    """Temporary or half-replaced folders and files (``*.tmp``, ``.*.old``) anywhere under ``root``."""
-    return sorted(str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".old"))
+    """Temporary or half-replaced folders and files (``*.tmp``, ``.*.old``) and healing checkpoint
+    folders (``.*.checkpoints``, which a finished heal removes) anywhere under ``root``."""
+    return sorted(str(p) for p in root.rglob("*") if p.name.endswith((".tmp", ".old", ".checkpoints")))

@@ -5,9 +5,11 @@ under ``workdir / "cache"``) one stage-like result and returns its numbers, so a
 run that was killed and re-run with an undisturbed one. The kill driver (``killer.py``) runs them in
 forked children; the corruption tests call them in process.
 
-To cover another stage (ablation scan, greedy search, healing, variant save, export), add one
-function here and one line to ``SCENARIOS``; ``KILL_POINTS`` says how many seeded kill points
-``test_fault_kill`` spends on it. A scenario must be deterministic, write only under ``workdir``,
+The scenarios here follow the *patterns* of the writes (a cache entry, a model folder, a checkpoint)
+on copies; ``stage_scenarios`` runs the real stages (similarity, ablation scan, SLEB's greedy search,
+variant save, healing). To cover another stage, add one function and one line to ``SCENARIOS``
+(and to ``PREPARE`` if it reads inputs written beforehand); ``KILL_POINTS`` says how many seeded
+kill points ``test_fault_kill`` spends on it. A scenario must be deterministic, write only under ``workdir``,
 finish in well under a second on the pico model, and recover what it finds broken the way the
 real stage does (cache reads do it themselves; model folders: ``verify_folder`` / ``quarantine``).
 """
@@ -27,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 import conftest
+import stage_scenarios
 from frankenllama.cache import atomic_dir, cached_arrays, cached_json, provenance
 from frankenllama.integrity import CorruptEntryError, quarantine, verify_folder, write_manifest
 from frankenllama.loss import next_token_nll
@@ -139,7 +142,24 @@ SCENARIOS: dict[str, Callable[[Path], Any]] = {
     "model-folder": model_folder,
     "checkpoint": checkpoint,
     "slow-json": slow_json,
+    "similarity-stage": stage_scenarios.similarity_stage_run,
+    "ablation-scan": stage_scenarios.ablation_scan,
+    "greedy-search": stage_scenarios.greedy_search,
+    "variant-save": stage_scenarios.variant_save,
+    "heal": stage_scenarios.heal_run,
+    "similarity-stage-logged": stage_scenarios.similarity_stage_logged,
+    "ablation-scan-logged": stage_scenarios.ablation_scan_logged,
+}
+
+# inputs a scenario reads, written in the test process before its runs are forked (never killed)
+PREPARE: dict[str, Callable[[Path], None]] = {
+    name: stage_scenarios.prepare
+    for name in ("similarity-stage", "ablation-scan", "greedy-search", "variant-save", "similarity-stage-logged",
+                 "ablation-scan-logged")
 }
 
 # seeded SIGKILL points per scenario in test_fault_kill (half at traced lines, half at random times)
-KILL_POINTS: dict[str, int] = {"similarity": 8, "nll-json": 6, "model-folder": 8, "checkpoint": 4}
+KILL_POINTS: dict[str, int] = {
+    "similarity": 8, "nll-json": 6, "model-folder": 8, "checkpoint": 4,  # write patterns (26)
+    "similarity-stage": 4, "ablation-scan": 5, "greedy-search": 5, "variant-save": 5, "heal": 8,  # real stages (27)
+}

@@ -1,5 +1,7 @@
 """A full or read-only disk during a save: a clear error naming the folder and the bytes, nothing half-written.
 
+Covered: the write patterns (``scenarios``) and the real ``save_checkpoint`` and ``save_variant``.
+
 The faithful version mounts a small tmpfs (needs root; skipped otherwise); the file-size limit
 (``RLIMIT_FSIZE``, no privileges needed) makes the kernel refuse a write mid-file the same way.
 """
@@ -14,10 +16,13 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 
 import conftest
 from frankenllama.cache import CacheWriteError, cached_arrays, cached_json
+from frankenllama.healing.checkpoint import INDEX_FILE, load_checkpoint, save_checkpoint
 from frankenllama.integrity import verify_folder
+from frankenllama.variants import save_variant
 from scenarios import _model, checkpoint, save_folder
 
 MODEL_BYTES = r"1\d\d\.\d kB \(1\d\d,\d\d\d bytes\)"  # the pico model's weights, about 144 kB
@@ -103,3 +108,26 @@ def test_file_size_limit_mid_write(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
     assert _everything(tmp_path) == ["variants", "variants/.pico-3.lock"]
+
+
+def test_real_healing_checkpoint_on_a_full_disk_keeps_the_previous_one(small_disk):
+    """``healing.checkpoint.save_checkpoint`` itself: the error names the file and its bytes; step 1 stays loadable."""
+    folder = small_disk / "variants" / ".healed.checkpoints"
+    save_checkpoint(folder, "run", 1, {"w": torch.ones(4), "step_losses": [2.5]})
+    weights = {k: v.clone() for k, v in _model(3, 1).state_dict().items()}  # about 144 kB: more than the disk
+    with pytest.raises(CacheWriteError, match=rf"cannot write {folder}/tensors-00000002.safetensors: no space left "
+                                              rf"on the device \(it needed {MODEL_BYTES}"):
+        save_checkpoint(folder, "run", 2, {"w": weights, "step_losses": [2.5, 2.4]})
+    state = load_checkpoint(folder, "run")
+    assert state["step"] == 1 and state["step_losses"] == [2.5] and torch.equal(state["w"], torch.ones(4))
+    assert sorted(p.name for p in folder.iterdir()) == [INDEX_FILE, "tensors-00000001.safetensors"]
+
+
+def test_real_variant_save_on_a_full_disk(small_disk, tmp_path):
+    """``variants.save_variant`` itself: refused before writing, naming the folder and the weights' size."""
+    source, manifest = _source(tmp_path)
+    with pytest.raises(CacheWriteError, match=rf"cannot write {small_disk}/variants/pico-3: no space left on the "
+                                              rf"device \(it needed {MODEL_BYTES}"):
+        save_variant("pico-3", _model(3, 1), conftest.tiny_tokenizer(), {"layers": 3}, root=small_disk / "variants")
+    assert _everything(small_disk) == ["variants", "variants/.pico-3.lock"]
+    assert verify_folder(source) == manifest

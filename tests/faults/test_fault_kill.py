@@ -1,11 +1,16 @@
 """SIGKILL at seeded points of cached computations, then a re-run: same numbers, nothing partial.
 
+The scenarios (``scenarios.SCENARIOS``) are the write patterns on copies (similarity entry, JSON
+entry, model folder, checkpoint folder) and the real stages (``stage_scenarios``: the similarity
+stage, the pruning stage's ablation scan and SLEB search through the context's disk store,
+``save_pruned_variants`` → ``save_variant``, and ``heal`` with a checkpoint after every step).
+
 Each scenario of ``scenarios.KILL_POINTS`` runs once undisturbed (counting the traced lines it
 executes), then at each seeded point: a fresh run killed there, a check that the cache holds no
 partial or corrupt entry, a re-run that must return exactly the undisturbed numbers, and a check
-that the killed run's temporary files are gone. Points alternate between a traced line anywhere in
-the run, a traced line after the write began (``atomic_dir``), and a random time (which may fall
-inside C code, e.g. in the middle of a ``write``).
+that the killed run's temporary files and healing checkpoints are gone. Points alternate between a
+traced line anywhere in the run, a traced line after the write began (``atomic_dir``), and a random
+time (which may fall inside C code, e.g. in the middle of a ``write``).
 """
 
 from __future__ import annotations
