@@ -343,9 +343,17 @@ def load_task(name: str | Path) -> Task:
     return Task(name, docs)
 
 
+def subsample_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """Dataset indices of at most ``limit`` of ``n`` items drawn with ``random.Random(seed)``, ascending.
+
+    The same ``(n, limit, seed)`` gives the same items for every model: the pairing of
+    ``frankenllama.eval.paired`` rests on it.
+    """
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
 def subsample(docs: Sequence[Doc], limit: int | None, seed: int) -> list[Doc]:
     """At most ``limit`` items drawn without replacement with ``random.Random(seed)``, in dataset order."""
-    if limit is None or limit >= len(docs):
-        return list(docs)
-    keep = sorted(random.Random(seed).sample(range(len(docs)), limit))
-    return [docs[i] for i in keep]
+    return [docs[i] for i in subsample_indices(len(docs), limit, seed)]

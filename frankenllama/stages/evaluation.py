@@ -19,7 +19,7 @@ Depth pruning can leave perplexity almost intact while question-answering accura
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -117,7 +117,7 @@ def evaluate_model(
     tasks = evaluate_tasks(model, tokenizer, t.tasks, t.limit, t.seed, t.chat_template, t.batch_size, t.max_batch_tokens)
     fid = next_token_fidelity(reference, model, fidelity_ids)
     return {
-        "tasks": {name: r.__dict__ for name, r in tasks.items()},
+        "tasks": {name: asdict(r) for name, r in tasks.items()},  # aggregates + per-item records ("items")
         "perplexity": perplexity(model, ppl_ids),
         "kl": fid.kl,
         "top1_agreement": fid.top1_agreement,
