@@ -84,3 +84,37 @@ def test_bad_input_is_refused():
         paired_difference([1, np.nan], [1, 2])
     with pytest.raises(ValueError, match="one label per item"):
         paired_difference([1, 2], [1, 2], groups=["a"])
+
+
+def _stage(per_model: dict[str, dict[str, list[tuple[int, int, float]]]]) -> dict:
+    """A stage result holding only per-item records: ``{model: {task: [(item, acc_norm, gold_bpb), ...]}}``."""
+    results = {}
+    for name, tasks in per_model.items():
+        results[name] = {"tasks": {
+            task: {"n": len(items), "items": [
+                {"item": i, "acc": a, "acc_norm": a, "gold_bpb": b, "gold_prob": 0.5, "gold_prob_norm": 0.5}
+                for i, a, b in items
+            ]} for task, items in tasks.items()
+        }}  # fmt: skip
+    return {"results": results}
+
+
+def test_paired_table_of_the_evaluation_stage_by_hand():
+    from frankenllama.stages.evaluation import paired_table
+
+    stage = _stage({
+        "original": {"t1": [(0, 1, 1.0), (5, 1, 2.0)], "t2": [(3, 1, 1.0), (4, 0, 1.0)]},
+        "pruned": {"t1": [(0, 0, 2.0), (5, 1, 3.0)], "t2": [(3, 1, 1.5), (4, 0, 1.5)]},
+    })  # fmt: skip
+    acc = paired_table(stage, "acc_norm", n_boot=500)
+    # t1: 50 - 100 = -50 points, t2: 50 - 50 = 0 -> macro -25; retained (0.5 + 0.5) / (1 + 0.5) = 66.7 %
+    assert acc.loc["pruned", "diff"] == pytest.approx(-25.0)
+    assert acc.loc["pruned", "retained_%"] == pytest.approx(100 * 0.5 / 0.75)
+    assert acc.loc["pruned", "p_value"] == pytest.approx(1.0)  # one discordant item: binomtest(0, 1) = 1
+    assert acc.loc["original", "diff"] == 0.0 and not acc.loc["original", "significant"]
+    bpb = paired_table(stage, "gold_bpb", n_boot=500)
+    assert (bpb.loc["pruned", "diff"], bpb.loc["pruned", "low"], bpb.loc["pruned", "high"]) == pytest.approx((0.75, 0.75, 0.75))
+    assert bpb.loc["pruned", "significant"] and "retained_%" not in bpb.columns
+    stage["results"]["pruned"]["tasks"]["t1"]["items"][1]["item"] = 6  # scored on another item
+    with pytest.raises(ValueError, match="other items"):
+        paired_table(stage)
