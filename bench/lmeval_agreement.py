@@ -9,6 +9,11 @@ task: the share of items with the same ``acc`` and ``acc_norm`` decision, the la
 a choice's log-likelihood, and ``acc_norm`` recomputed from our log-likelihoods with lm-eval's
 length (characters of the choice *without* the leading space that both scorers put before it).
 
+Measured (SmolLM2-135M, 50 items per task, seed 0, 2 busy cores, 17 min, mostly lm-eval):
+every choice's log-likelihood within 7e-5 nats of lm-eval's; ``acc`` decided alike on 150/150
+items; ``acc_norm`` on 149/150 — ARC-Easy item 75 (" amphibians" vs " reptiles"), flipped by the
+length convention above, and 150/150 with lm-eval's length.
+
 lm-eval is not a dependency of frankenllama: install it into a throwaway venv that sees ours
 (it would downgrade python-dateutil in the shared one):
 

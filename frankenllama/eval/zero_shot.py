@@ -7,8 +7,10 @@ score of a choice is the summed log-probability of its continuation tokens given
 
 * ``acc`` — the choice with the highest ``ll_i`` is the prediction;
 * ``acc_norm`` — the highest ``ll_i / len(choice_i)``, the log-likelihood normalised by the choice's
-  length in *characters* (lighteval's ``LogProbCharNorm``, lm-eval-harness's ``acc_norm``), which
-  removes the bias towards short answers.
+  length in *characters* (lighteval's ``LogProbCharNorm``), which removes the bias towards short
+  answers. ``len`` counts the choice as stored, with its leading space; lm-eval-harness's
+  ``acc_norm`` divides by the length *without* the target delimiter (one character less), which
+  decides a close item differently now and then (1 of 150 items in ``bench/lmeval_agreement.py``).
 
 Tokenization at the boundary follows lm-eval-harness: trailing whitespace of the context is moved to
 the front of the continuation, ``context + continuation`` is encoded whole, and the continuation's
