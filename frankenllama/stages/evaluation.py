@@ -19,7 +19,7 @@ Depth pruning can leave perplexity almost intact while question-answering accura
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,7 @@ from transformers import PreTrainedTokenizerBase
 from frankenllama.cache import cached_json, seed_everything
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.eval.efficiency import SpeedConfig, compare_efficiency
+from frankenllama.eval.paired import mcnemar, paired_difference, retained
 from frankenllama.eval.fidelity import DEFAULT_PROMPTS, generations_side_by_side, next_token_fidelity
 from frankenllama.eval.perplexity import perplexity
 from frankenllama.eval.tasks import DEFAULT_TASKS
@@ -117,7 +118,7 @@ def evaluate_model(
     tasks = evaluate_tasks(model, tokenizer, t.tasks, t.limit, t.seed, t.chat_template, t.batch_size, t.max_batch_tokens)
     fid = next_token_fidelity(reference, model, fidelity_ids)
     return {
-        "tasks": {name: r.__dict__ for name, r in tasks.items()},
+        "tasks": {name: asdict(r) for name, r in tasks.items()},  # aggregates + per-item records ("items")
         "perplexity": perplexity(model, ppl_ids),
         "kl": fid.kl,
         "top1_agreement": fid.top1_agreement,
@@ -197,5 +198,53 @@ def comparison_table(stage: dict[str, Any], metric: str = "acc_norm") -> pd.Data
         table[col.replace("_tps", "").replace("_speedup", "_x")] = speed[col]
     table["ideal_x"] = speed["ideal_speedup"]
     table["decode_ms_b1"] = 1000 / speed["decode_tps_b1"] if "decode_tps_b1" in speed else np.nan
+    table.index.name = "model"
+    return table
+
+
+PAIRED_METRICS = ("acc_norm", "acc", "gold_bpb", "gold_prob", "gold_prob_norm")
+
+
+def _item_arrays(result: dict[str, Any], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-item ``metric``, item ids and task labels of one model's cached results, tasks in order."""
+    values, ids, groups = [], [], []
+    for task, r in result["tasks"].items():
+        items = r.get("items") or []
+        if len(items) != r["n"]:
+            raise ValueError(f"task {task!r} has no per-item records; re-run the evaluation stage with this code")
+        values += [it[metric] for it in items]
+        ids += [it["item"] for it in items]
+        groups += [task] * len(items)
+    return np.asarray(values, dtype=np.float64), np.asarray(ids), np.asarray(groups)
+
+
+def paired_table(
+    stage: dict[str, Any], metric: str = "acc_norm", baseline: str = BASELINE, n_boot: int = 2000, seed: int = 0
+) -> pd.DataFrame:
+    """Every model against ``baseline`` on the same items: the task-average ``metric`` difference.
+
+    Columns: ``diff`` (model − baseline, macro mean over tasks), ``low`` / ``high`` (95 % paired
+    bootstrap interval, items resampled within tasks), ``significant`` (interval excludes 0),
+    ``retained_%`` with its interval, and for 0/1 metrics the exact McNemar ``p_value`` over all
+    items (``frankenllama.eval.paired``). Accuracy-type metrics are in points (× 100).
+    """
+    if metric not in PAIRED_METRICS:
+        raise ValueError(f"metric must be one of {PAIRED_METRICS}, got {metric!r}")
+    scale = 100.0 if metric in ("acc", "acc_norm", "gold_prob", "gold_prob_norm") else 1.0
+    y, ids, groups = _item_arrays(stage["results"][baseline], metric)
+    rows = {}
+    for name, result in stage["results"].items():
+        x, x_ids, x_groups = _item_arrays(result, metric)
+        if not (np.array_equal(ids, x_ids) and np.array_equal(groups, x_groups)):
+            raise ValueError(f"{name!r} was scored on other items than {baseline!r}; evaluate both with one config")
+        d = paired_difference(scale * x, scale * y, groups, n_boot, seed)
+        row = {"diff": d.diff, "low": d.low, "high": d.high, "significant": d.significant}
+        if d.mean_y > 0 and metric != "gold_bpb":
+            r = retained(x, y, groups, n_boot, seed)
+            row.update({"retained_%": r.percent, "retained_low": r.low, "retained_high": r.high})
+        if metric in ("acc", "acc_norm"):
+            row["p_value"] = mcnemar(x, y).p_value
+        rows[name] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "model"
     return table
