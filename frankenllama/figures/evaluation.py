@@ -99,7 +99,8 @@ def _difference_view(stage: dict, variant: str, metric: str, width: float) -> pl
     table = accuracy_differences(stage, variant, metric)
     fig, ax = plt.subplots(figsize=(width, 0.32 * len(table) + 1.3), layout="constrained")
     y = np.arange(len(table))[::-1]
-    ax.errorbar(table.difference, y, xerr=table.half_width, fmt="o", color=PALETTE[0], ms=4, capsize=2.5, lw=1.2)
+    for rows, color in ((slice(None, -1), PALETTE[0]), (slice(-1, None), PALETTE[-1])):  # tasks, then their mean in black
+        ax.errorbar(table.difference[rows], y[rows], xerr=table.half_width[rows], fmt="o", color=color, ms=4, capsize=2.5, lw=1.2)
     ax.axvline(0, color="0.4", lw=0.8)
     ax.set_yticks(y, [TASKS[t].title if t in TASKS else t for t in table.index])
     ax.set_xlabel(f"{metric} difference, {variant} − original (points, 95 % unpaired interval)")

@@ -78,7 +78,7 @@ def _recipe_view(results: Sequence[HealResult], recipe: str, tokens: int, refere
     loss_ax.set_ylabel("training cross-entropy (nats)")
     ppl_ax.set_xlabel("training tokens (thousands)")
     ppl_ax.set_ylabel("eval perplexity (in-domain)")
-    ppl_ax.legend(fontsize="x-small", loc="upper right")
+    fig.legend(loc="outside lower center", ncol=2, fontsize="small")  # below the panels, never on a curve
     fig.suptitle(f"{recipe} after {tokens:,} training tokens: eval PPL {point['ppl']:.2f}", fontsize="medium")
     return fig
 

@@ -77,17 +77,27 @@ def figure_src(explorer) -> str:
     return hashlib.sha1(imgs.first.get_attribute("src").encode()).hexdigest() if imgs.count() else ""
 
 
+def shown(explorer) -> str:
+    """The choice an explorer shows: 'dropdown option × active toggle'."""
+    option = explorer.locator("select").first.evaluate("s => s.options[s.selectedIndex].textContent")
+    active = explorer.locator("button.widget-toggle-button.mod-active")
+    return f"{option} × {active.first.inner_text() if active.count() else '?'}"
+
+
 def wait_for_new_figure(page, explorer, before: str, where: str) -> str:
-    """Wait until the explorer shows a figure other than ``before``; fail naming ``where`` otherwise."""
+    """Wait until the explorer shows a figure other than ``before``; fail naming ``where`` and the choice otherwise."""
     deadline = time.monotonic() + CHOICE_TIMEOUT_S
     while time.monotonic() < deadline:
         found = errors(page)
-        assert not found, f"{where}: error output\n" + "\n".join(found)
+        if found:
+            pytest.fail(f"{where} (shown: {shown(explorer)}): error output\n" + "\n".join(found))
         src = figure_src(explorer)
         if src and src != before:
             return src
         page.wait_for_timeout(200)
-    pytest.fail(f"{where}: no new figure within {CHOICE_TIMEOUT_S:.0f} s")
+    shot = SCREENSHOTS / ("failure-" + "".join(c if c.isalnum() else "_" for c in where) + ".png")
+    explorer.screenshot(path=str(shot))
+    pytest.fail(f"{where} (shown: {shown(explorer)}): no new figure within {CHOICE_TIMEOUT_S:.0f} s (screenshot: {shot})")
 
 
 def run_all(page, lab, name: str) -> None:
@@ -112,8 +122,7 @@ def walk(page, explorer, where: str) -> list[tuple[str, str]]:
     select = explorer.locator("select").first
     options = select.locator("option").all_inner_texts()
     seen: dict[str, tuple[str, str]] = {}
-    src = figure_src(explorer)
-    assert src, f"{where}: the default view shows no figure"
+    src = wait_for_new_figure(page, explorer, "", f"{where}, default view")  # widget views render after the kernel idles
     for option in options:
         current = select.evaluate("s => s.options[s.selectedIndex].textContent")
         if current != option:
@@ -156,4 +165,28 @@ def test_notebook_runs_and_every_explorer_choice_renders(browser, lab, path):
     finally:
         page.close()
         for session in lab.api("/api/sessions"):  # free the kernel's memory before the next notebook
+            lab.api(f"/api/sessions/{session['id']}", method="DELETE")
+
+
+FAILING_EXPLORER = """import matplotlib.pyplot as plt
+from frankenllama.figures.explorer import explorer
+explorer({"a": [1, 2], "b": [1, 2]}, lambda s, k: 1 / 0 if (s, k) == ("b", 2) else plt.figure().add_subplot(title=f"{s} {k}").figure,
+         ("letter", "k"), ("a", 1))"""
+
+
+def test_an_error_inside_a_widget_fails_naming_the_choice(browser, lab):
+    """The suite's own check: an exception caught by ipywidgets in one choice fails the walk at that choice."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(FAILING_EXPLORER)])
+    nb.metadata["kernelspec"] = {"name": "frankenllama", "display_name": "frankenllama (.venv)", "language": "python"}
+    nbformat.write(nb, lab.folder / "failing.ipynb")
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        run_all(page, lab, "failing")
+        with pytest.raises(pytest.fail.Exception, match=r"failing, b \(shown: b × 2\): error output[\s\S]*ZeroDivisionError"):
+            walk(page, page.locator(f".{EXPLORER_CLASS}").first, "failing")
+    finally:
+        page.close()
+        for session in lab.api("/api/sessions"):
             lab.api(f"/api/sessions/{session['id']}", method="DELETE")
