@@ -156,7 +156,8 @@ def test_recipe_explorer_follows_each_recipes_evaluation_points():
                heal_result("patch", [(0, 70.0)], [])]
     box = healing.recipe_explorer(results, 30.0, 80.0)
     pick, follow = controls(box)
-    assert list(pick.options) == ["lora", "patch"] and list(follow.options) == [0, 512, 1024] and follow.value == 1024
+    assert list(pick.options) == ["lora", "patch"] and pick.value == "lora"  # ends lowest: 50 < 70
+    assert list(follow.options) == [0, 512, 1024] and follow.value == 1024
     pick.value = "patch"
     assert list(follow.options) == [0] and follow.value == 0
     fig = healing._recipe_view(results, "lora", 512, 30.0, 80.0, width=6.0)

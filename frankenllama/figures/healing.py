@@ -63,7 +63,7 @@ def _recipe_view(results: Sequence[HealResult], recipe: str, tokens: int, refere
         style = {"color": PALETTE[i % len(PALETTE)] if chosen else "0.75", "lw": 1.4 if chosen else 0.8,
                  "zorder": 3 if chosen else 2}
         rows = [row for row in r.losses if "ce" in row]
-        loss_ax.plot([row["tokens"] / 1000 for row in rows], [row["ce"] for row in rows], **style)
+        loss_ax.plot([row["tokens"] / 1000 for row in rows], [row["ce"] for row in rows], marker="o", ms=2.5, **style)
         ppl_ax.plot([c["tokens"] / 1000 for c in r.curve], [c["ppl"] for c in r.curve], marker="o", ms=3, **style)
         if chosen:
             point = min(r.curve, key=lambda c: abs(c["tokens"] - tokens))
@@ -87,11 +87,12 @@ def recipe_explorer(results: Sequence[HealResult], reference_ppl: float, unheale
     """An explorer over the cached healing runs: a recipe, then one of its evaluation points (training tokens).
 
     Shows the training cross-entropy and the eval perplexity curves of every recipe (the chosen one in
-    colour) with the chosen point marked. In-domain only: the eval split of the healing corpus.
+    colour) with the chosen point marked; opens on the recipe that ends lowest. In-domain only: the eval split of the healing corpus.
     Reads the ``HealResult``s of ``healing_stage``; nothing is recomputed.
     """
     choices = {r.config.recipe: sorted({int(c["tokens"]) for c in r.curve}) for r in results if r.curve}
-    first = results[0].config.recipe
+    # opens on the recipe of lowest final eval perplexity, at its last evaluation point
+    first = min((r for r in results if r.curve), key=lambda r: r.curve[-1]["ppl"]).config.recipe
     return explorer(
         choices, lambda recipe, tokens: _recipe_view(results, recipe, tokens, reference_ppl, unhealed_ppl, width),
         ("recipe", "tokens"), (first, max(choices.get(first, [0]))),

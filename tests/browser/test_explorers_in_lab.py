@@ -102,17 +102,21 @@ def wait_for_new_figure(page, explorer, before: str, where: str) -> str:
 
 def run_all(page, lab, name: str) -> None:
     """Open ``name`` in JupyterLab, run every cell, wait until the kernel is idle with every cell run."""
-    page.goto(f"{lab.url}/lab/tree/{name}.ipynb?token={lab.token}")
-    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget "
-                           "&& window.jupyterapp.shell.currentWidget.content && window.jupyterapp.shell.currentWidget.content.model",
-                           timeout=120_000)
+    # ?reset: a fresh workspace, else JupyterLab reopens the previous notebook (and its kernel) beside this one
+    page.goto(f"{lab.url}/lab/tree/{name}.ipynb?reset&token={lab.token}")
+    page.wait_for_function("path => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget; "
+                           "return w && w.context && w.context.path === path && w.content && w.content.model; }",
+                           arg=f"{name}.ipynb", timeout=120_000)
     page.evaluate(RUN_ALL_JS)
     try:
         page.wait_for_function(DONE_JS, timeout=RUN_TIMEOUT_S * 1000, polling=1000)
     except Exception as error:  # a timeout: say where the run stood
+        page.screenshot(path=str(SCREENSHOTS / f"failure-{name}-run-all.png"))
         pytest.fail(f"{name}: Run All did not finish in {RUN_TIMEOUT_S:.0f} s ({error.__class__.__name__}); "
                     f"errors so far: {errors(page)}\nserver log:\n{lab.log_tail()}")
     found = errors(page)
+    if found:
+        page.screenshot(path=str(SCREENSHOTS / f"failure-{name}-run-all.png"))
     assert not found, f"{name}: Run All left error output\n" + "\n".join(found)
     assert page.evaluate("() => window.__runAll") == "done", f"{name}: Run All stopped ({page.evaluate('() => window.__runAll')})"
 
@@ -135,6 +139,7 @@ def walk(page, explorer, where: str) -> list[tuple[str, str]]:
             if "mod-active" not in (button.get_attribute("class") or ""):
                 button.click()
                 src = wait_for_new_figure(page, explorer, src, choice)
+            print(f"  {choice}: figure {src[:8]} at {time.monotonic():.0f} s", flush=True)
             assert src not in seen, f"{choice}: the same figure as {seen.get(src)}"
             seen[src] = (option, label)
     return list(seen.values())
@@ -148,6 +153,7 @@ def test_notebook_runs_and_every_explorer_choice_renders(browser, lab, path):
     try:
         started = time.monotonic()
         run_all(page, lab, name)
+        print(f"{name}: Run All took {time.monotonic() - started:.0f} s", flush=True)
         explorers = page.locator(f".{EXPLORER_CLASS}")
         shot = SCREENSHOTS / f"{name}.png"
         if explorers.count():
