@@ -56,9 +56,11 @@ def test_selection_explorer_offers_only_computed_pairs_and_opens_on_the_best(sim
     assert (pick.value, follow.value) == ("part-swap", 2)  # the best at k = 2, sub-layer included
     assert list(follow.options) == [1, 2]
     pick.value = "block-influence"
+    follow = controls(box)[1]
     assert list(follow.options) == [1, 2, 3] and follow.value == 2
     follow.value = 3
     pick.value = "sleb"  # k = 3 was never searched: the nearest offered k
+    follow = controls(box)[1]
     assert list(follow.options) == [1, 2] and follow.value == 2
     plt.close("all")
 
@@ -73,7 +75,7 @@ def test_explorer_redraws_once_per_choice():
     box = explorer.explorer({"x": [1, 2, 3], "y": [5]}, draw, ("first", "second"), ("x", 2))
     pick, follow = controls(box)
     pick.value = "y"
-    follow_value = follow.value
+    follow_value = controls(box)[1].value
     pick.value = "x"
     assert calls == [("x", 2), ("y", 5), ("x", 3)] and follow_value == 5
     with pytest.raises(ValueError, match="at least one"):
@@ -159,6 +161,7 @@ def test_recipe_explorer_follows_each_recipes_evaluation_points():
     assert list(pick.options) == ["lora", "patch"] and pick.value == "lora"  # ends lowest: 50 < 70
     assert list(follow.options) == [0, 512, 1024] and follow.value == 1024
     pick.value = "patch"
+    follow = controls(box)[1]
     assert list(follow.options) == [0] and follow.value == 0
     fig = healing._recipe_view(results, "lora", 512, 30.0, 80.0, width=6.0)
     assert "eval PPL 60.00" in fig._suptitle.get_text()

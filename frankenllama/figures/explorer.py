@@ -50,38 +50,31 @@ def explorer(
     if not choices or any(len(v) == 0 for v in choices.values()):
         raise ValueError(f"every {labels[0]} needs at least one {labels[1]} with results: {dict(choices)}")
     first = default[0] if default[0] in choices else next(iter(choices))
-    second = _nearest(list(choices[first]), default[1])
     pick = widgets.Dropdown(options=list(choices), value=first, description=labels[0])
-    follow = widgets.ToggleButtons(options=list(choices[first]), value=second, description=labels[1],
-                                   style={"button_width": "auto"})
     out = widgets.Output()
-    updating = False
+
+    def toggles(option: str, near: Any) -> widgets.ToggleButtons:
+        # a new set of buttons per first choice: changing the options of live buttons makes the
+        # browser echo an index change, a second redraw, and, for a moment, buttons of the old choice
+        offered = list(choices[option])
+        buttons = widgets.ToggleButtons(options=offered, value=_nearest(offered, near), description=labels[1],
+                                        style={"button_width": "auto"})
+        buttons.observe(render, names="value")
+        return buttons
 
     def render(*_: Any) -> None:
-        if updating:
-            return
         with out:
             out.clear_output(wait=True)
-            fig = draw(pick.value, follow.value)
+            fig = draw(pick.value, box.children[1].value)
             display(fig)
             plt.close(fig)
 
     def refollow(change: dict) -> None:
-        nonlocal updating
-        offered = list(choices[change["new"]])
-        updating = True  # one redraw per choice, not one per option change
-        try:
-            value = _nearest(offered, follow.value)
-            follow.options = offered
-            follow.value = value
-        finally:
-            updating = False
+        box.children = (pick, toggles(change["new"], box.children[1].value), *box.children[2:])
         render()
 
     pick.observe(refollow, names="value")
-    follow.observe(render, names="value")
-    parts = [pick, follow] + ([widgets.HTML(caption)] if caption else []) + [out]
-    box = widgets.VBox(parts)
+    box = widgets.VBox([pick, toggles(first, default[1])] + ([widgets.HTML(caption)] if caption else []) + [out])
     box.add_class(EXPLORER_CLASS)
     render()
     return box

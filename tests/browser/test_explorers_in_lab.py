@@ -54,6 +54,10 @@ RUN_ALL_JS = """async () => {
     ok => { window.__runAll = ok === false ? 'failed' : 'done'; },
     err => { window.__runAll = 'failed: ' + err; });
 }"""
+IDLE_JS = """() => {
+  const session = window.jupyterapp.shell.currentWidget.sessionContext.session;
+  return Boolean(session && session.kernel && session.kernel.status === 'idle');
+}"""
 DONE_JS = """() => {
   const panel = window.jupyterapp.shell.currentWidget;
   const kernel = panel.sessionContext.session && panel.sessionContext.session.kernel;
@@ -92,7 +96,7 @@ def wait_for_new_figure(page, explorer, before: str, where: str) -> str:
         if found:
             pytest.fail(f"{where} (shown: {shown(explorer)}): error output\n" + "\n".join(found))
         src = figure_src(explorer)
-        if src and src != before:
+        if src and src != before and page.evaluate(IDLE_JS):  # idle: every state update of the choice has arrived
             return src
         page.wait_for_timeout(200)
     shot = SCREENSHOTS / ("failure-" + "".join(c if c.isalnum() else "_" for c in where) + ".png")
