@@ -187,4 +187,4 @@ if run.name != "smoke":
 # (from the cached results; nothing is recomputed).
 
 # %%
-figures.selection_explorer(curves, ctx.similarity, baseline);
+figures.selection_explorer(curves, ctx.similarity, baseline, best, run.heal_k)

@@ -35,7 +35,7 @@ overrides = {}  # single settings, e.g. {"healing.tokens": 16384, "heal_k": 9}; 
 # tokens/s. On a GPU, raise `"healing.tokens"` or run the `thesis` profile.
 
 # %%
-from frankenllama.figures.healing import plot_losses, plot_ppl_vs_tokens
+from frankenllama.figures.healing import plot_losses, plot_ppl_vs_tokens, recipe_explorer
 from frankenllama.figures.style import save_figure, set_style
 from frankenllama.figures.tables import write_table
 from frankenllama.paths import figures_dir
@@ -85,3 +85,11 @@ save_figure(fig, "healing_ppl_vs_tokens", out)
 # %%
 fig = plot_losses(stage.results, key="ce")
 save_figure(fig, "healing_losses", out)
+
+# %% [markdown]
+# ## Explorer
+# Pick a recipe and one of its evaluation points: its training loss and eval perplexity against the
+# others' (from the cached runs; nothing is recomputed). In-domain text only for now.
+
+# %%
+recipe_explorer(stage.results, stage.reference_ppl, stage.unhealed_ppl)

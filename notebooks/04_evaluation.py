@@ -41,7 +41,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from frankenllama.eval.tasks import TASKS
-from frankenllama.figures.evaluation import pareto_figure, retention_figure
+from frankenllama.figures.evaluation import difference_explorer, pareto_figure, retention_figure
 from frankenllama.figures.style import set_style
 from frankenllama.figures.tables import write_table
 from frankenllama.paths import figures_dir
@@ -96,6 +96,14 @@ fig = pareto_figure(table, out)
 
 # %%
 fig = retention_figure(table, out)
+
+# %% [markdown]
+# ## Explorer: what each variant gained or lost, task by task
+# Pick a variant and the accuracy metric: its accuracy minus the original's on every task, with 95 %
+# intervals from the per-task standard errors (unpaired: no per-item results are stored yet).
+
+# %%
+difference_explorer(stage, metric)
 
 # %% [markdown]
 # ## Both accuracies of the original

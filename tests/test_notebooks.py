@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import jupytext
+import nbformat
 import papermill
 import pytest
 
@@ -26,6 +27,20 @@ def test_every_notebook_has_a_parameters_cell_first_naming_its_profile():
         assert "def " not in "".join(c.source for c in nb.cells if c.cell_type == "code"), f"{path.name} defines a function"
 
 
+def assert_widget_state_shows_figures(nb: nbformat.NotebookNode, name: str) -> None:
+    """Every widget shown in a cell is in the notebook's saved widget state, and every ``Output`` widget
+    there holds a figure and no error: a static view of the executed notebook shows each explorer's default."""
+    views = [out["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] for cell in nb.cells
+             for out in cell.get("outputs", []) if "application/vnd.jupyter.widget-view+json" in out.get("data", {})]
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    assert all(v in state for v in views), f"{name}: widget views without saved state"
+    for model in state.values():
+        if model["model_name"] == "OutputModel":
+            outputs = model["state"]["outputs"]
+            assert not [o for o in outputs if o["output_type"] == "error"], f"{name}: an explorer's saved view is an error"
+            assert any("image/png" in o.get("data", {}) for o in outputs), f"{name}: an explorer's saved view has no figure"
+
+
 @pytest.mark.notebook
 @pytest.mark.integration
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -38,6 +53,7 @@ def test_notebook_smoke_profile(path, tmp_path):
         str(source), str(tmp_path / f"{path.stem}.out.ipynb"), parameters={"profile": "smoke"},
         kernel_name=KERNEL, cwd=str(NOTEBOOKS_DIR), progress_bar=False,
     )
+    assert_widget_state_shows_figures(nbformat.read(tmp_path / f"{path.stem}.out.ipynb", as_version=4), path.name)
     written = [p for p in out_dir.glob("*.png") if started.get(p) != p.stat().st_mtime]
     assert written, f"{path.name} wrote no figure to {out_dir}"
     for png in written:

@@ -1,4 +1,5 @@
-"""Figures of notebook 04 (the final comparison): accuracy against size and latency, per-task retention.
+"""Figures of notebook 04 (the final comparison): accuracy against size and latency, per-task retention,
+and the explorer of per-task differences to the original (with intervals).
 
 Both read the comparison table of ``frankenllama.stages.evaluation.comparison_table`` (one row per
 model, the unpruned one named ``BASELINE``) and save through ``frankenllama.figures.style.save_figure``.
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from frankenllama.eval.tasks import TASKS
+from frankenllama.figures.explorer import explorer
 from frankenllama.figures.style import COLUMN_WIDTH, PALETTE, TEXT_WIDTH, save_figure, series_style
 from frankenllama.stages.evaluation import BASELINE
 
@@ -72,3 +74,54 @@ def retention_figure(table: pd.DataFrame, out_dir: Path, name: str = "task_reten
     fig.tight_layout()
     save_figure(fig, name, out_dir)
     return fig
+
+
+def accuracy_differences(stage: dict, variant: str, metric: str = "acc_norm", z: float = 1.96) -> pd.DataFrame:
+    """Per-task accuracy of ``variant`` minus the original's (points), with an unpaired ``z`` interval.
+
+    The half-width is ``z·sqrt(se_v² + se_o²)`` from each task's binomial standard error: the two
+    models are treated as independent samples because the evaluation stage stores no per-item
+    results yet, so the interval is wider than a paired one on the same items would be. The last
+    row is the mean over tasks, with the standard error of a mean of independent tasks.
+    """
+    ours, theirs = stage["results"][variant]["tasks"], stage["results"][BASELINE]["tasks"]
+    rows = [{"task": t, "difference": 100 * (ours[t][metric] - theirs[t][metric]),
+             "se": 100 * np.hypot(ours[t][f"{metric}_stderr"], theirs[t][f"{metric}_stderr"])} for t in theirs if t in ours]
+    table = pd.DataFrame(rows)
+    mean = {"task": "average", "difference": table.difference.mean(), "se": np.sqrt((table.se**2).sum()) / len(table)}
+    table = pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
+    table["half_width"] = z * table.se.fillna(0.0)
+    return table.set_index("task")
+
+
+def _difference_view(stage: dict, variant: str, metric: str, width: float) -> plt.Figure:
+    """Points with 95 % intervals: ``variant`` − original accuracy per task and on average."""
+    table = accuracy_differences(stage, variant, metric)
+    fig, ax = plt.subplots(figsize=(width, 0.32 * len(table) + 1.3), layout="constrained")
+    y = np.arange(len(table))[::-1]
+    for rows, color in ((slice(None, -1), PALETTE[0]), (slice(-1, None), PALETTE[-1])):  # tasks, then their mean in black
+        ax.errorbar(table.difference[rows], y[rows], xerr=table.half_width[rows], fmt="o", color=color, ms=4, capsize=2.5, lw=1.2)
+    ax.axvline(0, color="0.4", lw=0.8)
+    ax.set_yticks(y, [TASKS[t].title if t in TASKS else t for t in table.index])
+    ax.set_xlabel(f"{metric} difference, {variant} − original (points, 95 % unpaired interval)")
+    ax.set_title(f"{variant} vs original ({metric}): average {table.difference.iloc[-1]:+.1f} ± "
+                 f"{table.half_width.iloc[-1]:.1f} points", fontsize="medium")
+    return fig
+
+
+def difference_explorer(stage: dict, metric: str = "acc_norm", width: float = TEXT_WIDTH):
+    """An explorer over the cached evaluation: a variant, then the accuracy metric; its differences to the original.
+
+    Reads ``evaluation_stage``'s result only. With no variant in the store it shows a note instead.
+    """
+    import ipywidgets as widgets
+
+    variants = [name for name in stage["results"] if name != BASELINE]
+    if not variants:
+        return widgets.HTML("No variants evaluated yet: run notebooks 02 and 03 first.")
+    return explorer(
+        {v: ["acc", "acc_norm"] for v in variants}, lambda v, m: _difference_view(stage, v, m, width),
+        ("variant", "metric"), (variants[0], metric),
+        caption="Accuracy of the variant minus the original's, per task and on average, in points. Intervals: 95 %, "
+                "from each task's binomial standard error treating the two models as independent samples "
+                "(<b>unpaired</b>: no per-item results are stored yet, so they are wider than paired intervals).")

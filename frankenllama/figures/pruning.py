@@ -12,10 +12,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
+from frankenllama.figures.explorer import explorer
 from frankenllama.figures.similarity import draw_block_influence, draw_cosine
 from frankenllama.figures.style import COLUMN_WIDTH, PALETTE, TEXT_WIDTH, save_figure
 from frankenllama.similarity import LayerSimilarity
+from frankenllama.units import ATTN, MLP, removal_mask
 
 
 def pruning_curves(
@@ -103,26 +107,49 @@ def stability(table: pd.DataFrame, out_dir: Path, name: str = "selection_stabili
 
 
 def selection_view(
-    similarity: LayerSimilarity, layers: Sequence[int], title: str = "", out_dir: Path | None = None, name: str = "selection"
+    similarity: LayerSimilarity,
+    layers: Sequence[int],
+    title: str = "",
+    out_dir: Path | None = None,
+    name: str = "selection",
+    attention: Sequence[int] = (),
+    mlp: Sequence[int] = (),
+    width: float = TEXT_WIDTH,
 ) -> plt.Figure:
-    """The cosine-similarity heatmap with the removed layers marked on the diagonal, beside Block Influence.
+    """The cosine-similarity heatmap with the removed units marked on the diagonal, beside Block Influence.
 
-    Saved only when ``out_dir`` is given (the notebook's interactive explorer only shows it).
+    ``layers`` are whole blocks removed; ``attention`` / ``mlp`` the blocks of which only the attention
+    or only the MLP sub-block is removed (sub-layer strategies, BlockPruner-style, Zhong et al. 2024),
+    each marked with its own symbol and bar colour. Drawn with constrained layout at ``width`` inches
+    and the legend below both panels, so no label overlaps another or the heatmap. Saved only when
+    ``out_dir`` is given (the notebook's interactive explorer only shows it).
     """
     L = similarity.num_layers
-    fig, (left, right) = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 2.8), gridspec_kw={"width_ratios": [1, 1.4]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(width, 3.2), layout="constrained",
+                                      gridspec_kw={"width_ratios": [1, 1.4]})
     im = draw_cosine(left, similarity)
-    chosen = np.asarray(sorted(layers), dtype=int)
-    left.plot(chosen, chosen, "s", ms=4, mfc="none", mec=PALETTE[3], mew=1.4, label="removed")
+    marks = [(sorted(layers), "s", PALETTE[3], "", "whole block removed"),
+             (sorted(attention), "^", PALETTE[1], "///", "attention removed"),
+             (sorted(mlp), "v", PALETTE[4], "...", "MLP removed")]
+    colors, hatches = [PALETTE[0]] * L, [""] * L
+    handles = [Patch(facecolor=PALETTE[0], label="kept")]
+    for chosen, marker, color, hatch, label in marks:
+        if not chosen:
+            continue
+        left.plot(chosen, chosen, marker, ls="none", ms=4, mfc="none", mec=color, mew=1.4)
+        for i in chosen:
+            colors[i], hatches[i] = color, hatch
+        handles.append(Line2D([], [], marker=marker, ls="none", mfc=color, mec=color, label=label))
     left.set_xlabel("residual state $x_j$")
     left.set_ylabel("residual state $x_i$")
-    left.legend(loc="upper left", fontsize="small")
-    fig.colorbar(im, ax=left, label="mean cosine")
-    bi = similarity.block_influence
-    colors = [PALETTE[3] if i in set(chosen.tolist()) else PALETTE[0] for i in range(L)]
-    draw_block_influence(right, bi, colors)
-    right.set_xlabel("layer ℓ (orange: removed)")
+    fig.colorbar(im, ax=left, label="mean cosine", shrink=0.9)
+    draw_block_influence(right, similarity.block_influence, colors)
+    for bar, hatch in zip(right.patches, hatches):
+        bar.set_hatch(hatch)
+        bar.set_edgecolor("white" if hatch else bar.get_facecolor())
+    right.set_xlabel("layer ℓ")
     right.set_ylabel("Block Influence")
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize="small")
     if title:
         fig.suptitle(title, fontsize="medium")
     if out_dir is not None:
@@ -130,24 +157,32 @@ def selection_view(
     return fig
 
 
-def selection_explorer(curves: pd.DataFrame, similarity: LayerSimilarity, baseline: float, default: str = "sleb"):
-    """An ipywidgets explorer over cached pruning curves: choose a strategy and k, see ``selection_view``.
+def _view_of(row: pd.Series, similarity: LayerSimilarity, baseline: float, width: float) -> plt.Figure:
+    """``selection_view`` of one pruning-curve row (whole blocks, or attention and MLP sub-blocks apart)."""
+    mask = removal_mask(row.units, similarity.num_layers, row.granularity)  # (L, 2): attention, MLP removed
+    whole, attn, mlp = mask.all(axis=1), mask[:, ATTN] & ~mask[:, MLP], mask[:, MLP] & ~mask[:, ATTN]
+    title = f"{row.strategy}, k = {row.k}: eval PPL {row.eval_ppl:.1f} (unpruned {baseline:.1f})"
+    return selection_view(similarity, np.flatnonzero(whole).tolist(), title, attention=np.flatnonzero(attn).tolist(),
+                          mlp=np.flatnonzero(mlp).tolist(), width=width)
 
-    Reads ``curves`` only (nothing is recomputed); in a headless run it renders its default once.
+
+def selection_explorer(
+    curves: pd.DataFrame, similarity: LayerSimilarity, baseline: float, best: pd.DataFrame, k: int, width: float = TEXT_WIDTH
+):
+    """An explorer over the cached pruning curves: a strategy, then one of the k's it has results at.
+
+    Every strategy of ``curves`` is offered, sub-layer ones included (their attention and MLP
+    sub-blocks marked apart); the k buttons follow the strategy, so only computed pairs are shown.
+    Opens on ``best``'s strategy (``best_strategies(curves, granularity=None)``) at ``k`` (or the
+    nearest k it has). Reads ``curves`` only: nothing is recomputed.
     """
-    import ipywidgets as widgets
-
-    layer_curves = curves[(curves.granularity == "layer") & (curves.k > 0)]
-    strategies = list(dict.fromkeys(layer_curves.strategy))
-    ks = sorted(layer_curves.k.unique())
-
-    def show(strategy: str, k: int) -> None:
-        row = layer_curves[(layer_curves.strategy == strategy) & (layer_curves.k == k)].iloc[0]
-        selection_view(similarity, row.layers, f"{strategy}, k = {k}: eval PPL {row.eval_ppl:.1f} (unpruned {baseline:.1f})")
-        plt.show()
-
-    return widgets.interact(
-        show,
-        strategy=widgets.Dropdown(options=strategies, value=default if default in strategies else strategies[0]),
-        k=widgets.SelectionSlider(options=[int(k) for k in ks], value=int(ks[-1])),
-    )
+    points = curves[curves.k > 0]
+    choices = {s: sorted(int(k) for k in rows.k) for s, rows in points.groupby("strategy", sort=False)}
+    rows = best[best.k == k] if (best.k == k).any() else best.iloc[(best.k - k).abs().argsort()[:1]]
+    default = (str(rows.strategy.iloc[0]), int(rows.k.iloc[0])) if len(rows) else (next(iter(choices)), k)
+    by_pair = {(r["strategy"], int(r["k"])): pd.Series(r) for r in points.to_dict("records")}
+    return explorer(
+        choices, lambda s, kk: _view_of(by_pair[s, kk], similarity, baseline, width),
+        ("strategy", "k"), default,
+        caption="Removed units of each strategy at each k it was run at (searches run at fewer k's); "
+                "eval perplexity from the cached pruning curves.")
