@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 # relative paths in notebook parameters and on the command line mean the folder make runs in (the repository root)
 export FRANKENLLAMA_CWD := $(CURDIR)
 
-.PHONY: install data figures test lab deploy-check clean $(addprefix notebook-,$(NUMBERS))
+.PHONY: install data figures test lab deploy-check browser-deps clean $(addprefix notebook-,$(NUMBERS))
 
 $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,7 +51,12 @@ figures: data
 lab: data
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
-test: $(STAMP)
+# The browser suite drives Debian's Chromium (Playwright's own browser download is not used).
+browser-deps:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
+	  || echo "chromium could not be installed: the browser suite (tests/browser) will be skipped"
+
+test: $(STAMP) browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # llama.cpp itself against transformers: exported GGUF files (original, whole-block and sub-block
