@@ -20,7 +20,7 @@ import pandas as pd
 
 from frankenllama.paths import FIGURES_DIR, ROOT
 
-TIMING = ("seconds", "time", "_s", "(s)", "/s", "speedup", "speed-up", "peak", "memory", "throughput")
+TIMING = ("seconds", "time", "_s", "(s)", "/s", "tps", "_ms", "_x", "speedup", "speed-up", "peak", "memory", "throughput")
 
 
 def _old(rev: str, name: str) -> pd.DataFrame | None:
