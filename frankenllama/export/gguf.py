@@ -39,8 +39,6 @@ blocks and sub-blocks in original indices, and a one-line summary.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +48,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
+from frankenllama.cache import atomic_file
 from frankenllama.export.vocab import add_vocab, check_tokenizer
 from frankenllama.models import MODELS, check_architecture, decoder_layers, load_model, model_folder
 from frankenllama.sublayer import RemovedAttention, RemovedMLP
@@ -298,9 +297,9 @@ def write_gguf(
     except ValueError as err:
         raise ExportError(str(err)) from err
     record = pruning_record(model, shapes)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    for stale in out.parent.glob(f".{out.name}.*.tmp{out.suffix}"):  # what a killed export of this file left
+        stale.unlink(missing_ok=True)
+    with atomic_file(out) as tmp:  # renamed into place once whole; a full disk names the file and the bytes
         writer = gguf.GGUFWriter(tmp, arch)
         add_general(writer, name, record)
         add_hparams(writer, model.config, shapes, qtype)
@@ -312,11 +311,6 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {"path": str(out), "arch": arch, "qtype": qtype, "block_count": len(shapes), "bytes": out.stat().st_size,
             "layers": [s.__dict__ for s in shapes], **record}
 

@@ -40,7 +40,7 @@ TRACED = ("/frankenllama/", "zipfile", "npyio", "numpy/lib/format", "/json/", "s
 def _trace(kill_at: int | None, counter: list[int]):
     """A ``sys.settrace`` function counting line events in ``TRACED`` files; SIGKILLs at ``kill_at``.
 
-    ``counter[1]``: the count when the first ``atomic_dir`` began (where the writing starts).
+    ``counter[1]``: the count when the first ``atomic_dir`` or ``atomic_file`` began (where the writing starts).
     """
     def local(frame, event, arg):
         if event == "line":
@@ -51,7 +51,7 @@ def _trace(kill_at: int | None, counter: list[int]):
 
     def global_(frame, event, arg):
         name = frame.f_code.co_filename
-        if counter[1] is None and frame.f_code.co_name == "atomic_dir":
+        if counter[1] is None and frame.f_code.co_name in ("atomic_dir", "atomic_file"):
             counter[1] = counter[0]
         return local if any(t in name for t in TRACED) else None
 

@@ -147,6 +147,7 @@ SCENARIOS: dict[str, Callable[[Path], Any]] = {
     "greedy-search": stage_scenarios.greedy_search,
     "variant-save": stage_scenarios.variant_save,
     "heal": stage_scenarios.heal_run,
+    "export": stage_scenarios.export_run,
     "similarity-stage-logged": stage_scenarios.similarity_stage_logged,
     "ablation-scan-logged": stage_scenarios.ablation_scan_logged,
 }
@@ -156,10 +157,11 @@ PREPARE: dict[str, Callable[[Path], None]] = {
     name: stage_scenarios.prepare
     for name in ("similarity-stage", "ablation-scan", "greedy-search", "variant-save", "similarity-stage-logged",
                  "ablation-scan-logged")
-}
+} | {"export": stage_scenarios.prepare_export}
 
 # seeded SIGKILL points per scenario in test_fault_kill (half at traced lines, half at random times)
 KILL_POINTS: dict[str, int] = {
     "similarity": 8, "nll-json": 6, "model-folder": 8, "checkpoint": 4,  # write patterns (26)
     "similarity-stage": 4, "ablation-scan": 5, "greedy-search": 5, "variant-save": 5, "heal": 8,  # real stages (27)
+    "export": 4,  # GGUF export (4)
 }

@@ -11,8 +11,9 @@ forked child, so the change dies with it) and returns only deterministic numbers
 and "was this a cache hit" flags are left out, so a killed-and-re-run result must equal an
 undisturbed one exactly.
 
-Export (GGUF) is not covered here: it is built on another branch. TODO(export-faults): add an
-``"export"`` scenario calling the export stage on the pico variant and give it kill points.
+``export`` writes a sub-block-pruned pico llama (a ``deci`` file, q8_0) with
+``frankenllama.export.export_gguf``: a kill must leave either no file or the whole one, and no
+temporary file beside it.
 """
 
 from __future__ import annotations
@@ -137,6 +138,37 @@ def heal_run(workdir: Path) -> dict[str, Any]:
     return {"weights": _digest(result.model), "losses": [r["loss"] for r in result.losses],
             "curve": [[c["step"], c["ppl"]] for c in result.curve], "ppl_after": result.ppl_after,
             "tokens_seen": result.tokens_seen}
+
+
+def export_run(workdir: Path) -> dict[str, Any]:
+    """``export_gguf`` of a sub-block-pruned pico llama (char tokenizer) to q8_0; the file's digest and the folder's names."""
+    from tiny_lm import char_tokenizer
+
+    from frankenllama.export import export_gguf
+    from frankenllama.sublayer import prune_sublayers
+
+    source = inputs(workdir) / "export-source"
+    if not source.exists():  # written once, before any kill of this test (see ``prepare_export``)
+        raise FileNotFoundError(source)
+    out = Path(workdir) / "pico-q8_0.gguf"
+    export_gguf(source, out, "q8_0", force=True, pre_tokenizer="default")
+    leftovers = sorted(p.name for p in Path(workdir).iterdir() if p.name.startswith("."))
+    return {"sha256": hashlib.sha256(out.read_bytes()).hexdigest(), "leftovers": leftovers}
+
+
+def prepare_export(workdir: Path) -> None:
+    """Write the export scenario's source: a 4-block pico llama with block 1's MLP and block 2's attention removed."""
+    from tiny_lm import char_tokenizer
+
+    from frankenllama.sublayer import prune_sublayers
+
+    folder = inputs(workdir) / "export-source"
+    if folder.exists():
+        return
+    model = conftest.tiny_llama(4, vocab_size=96, bos_token_id=None, pad_token_id=1)
+    with atomic_dir(folder) as tmp:
+        prune_sublayers(model, [3, 4]).save_pretrained(tmp)
+        char_tokenizer().save_pretrained(tmp)
 
 
 def _log_entry_writes(workdir: Path) -> None:
