@@ -19,6 +19,7 @@ import pytest
 
 from frankenllama.figures.explorer import EXPLORER_CLASS
 from frankenllama.paths import BUILD_DIR
+from lab_harness import browser, lab  # noqa: F401  (fixtures; not a conftest: tests/conftest.py is imported as "conftest")
 from test_notebooks import NOTEBOOKS
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
