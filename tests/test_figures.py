@@ -111,8 +111,10 @@ def test_write_table_writes_csv_and_latex(tmp_path):
 
 def test_selection_explorer_renders_its_default(sim):
     pytest.importorskip("ipywidgets")
-    curves = CURVES.assign(layers=CURVES.k.map(lambda k: list(range(1, k + 1))))
-    assert pruning.selection_explorer(curves, sim, baseline=20.0) is not None
+    curves = CURVES.assign(layers=CURVES.k.map(lambda k: list(range(1, k + 1))), units=CURVES.k.map(lambda k: list(range(1, k + 1))),
+                           sublayers=[[]] * len(CURVES))
+    best = pd.DataFrame({"k": [1, 2], "strategy": ["sleb", "sleb"]})
+    assert pruning.selection_explorer(curves, sim, 20.0, best, 2) is not None
     plt.close("all")
 
 
