@@ -32,7 +32,6 @@ from transformers import PreTrainedModel
 
 from frankenllama.cache import cached_arrays
 from frankenllama.models import model_device
-from frankenllama import paths
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,7 @@ def cached_teacher_targets(
         t = teacher_targets(teacher, blocks, temperature, top_k, batch_size, progress)
         return {"indices": t.indices.numpy(), "logp": t.logp.numpy()}
 
-    arrays = cached_arrays("teacher", key, compute, root=paths.CACHE_DIR if root is None else root)
+    arrays = cached_arrays("teacher", key, compute, root=root)  # None: paths.CACHE_DIR, read when called
     return TeacherTargets(torch.from_numpy(arrays["indices"]), torch.from_numpy(arrays["logp"]), float(temperature)), bool(computed)
 
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from frankenllama import paths
 from frankenllama.cache import cached_json, seed_everything
 from frankenllama.healing import HealConfig, HealResult, compare_recipes, parse_recipe, recovery_table
 from frankenllama.models import DEFAULT_MODEL, num_layers
@@ -114,7 +113,7 @@ def reference_perplexity(config: HealingStageConfig) -> float:
         return perplexity(model, eval_data.blocks(tokenizer, model))
 
     key = {"model": config.model, "eval": eval_data}
-    return float(cached_json("healing-reference", key, compute, seed=config.seed, root=paths.CACHE_DIR, code=CODE))
+    return float(cached_json("healing-reference", key, compute, seed=config.seed, code=CODE))
 
 
 def healing_stage(config: HealingStageConfig, cut: Sequence[int], strategy: str) -> HealingStageResult:
