@@ -208,6 +208,26 @@ def load_model(
     return model, load_tokenizer(folder)
 
 
+def execution_device(module: nn.Module) -> torch.device:
+    """Where ``module`` computes: its accelerate hook's execution device when it has one (a model spread
+    or offloaded with ``device_map`` / ``dispatch_model``, whose offloaded weights sit on "meta" until
+    the hook loads them), else the device of its first parameter or buffer that is not on "meta"."""
+    hook = getattr(module, "_hf_hook", None)
+    for h in getattr(hook, "hooks", (hook,)):  # a SequentialHook holds several
+        device = getattr(h, "execution_device", None)
+        if device is not None:
+            return torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.device.type != "meta":
+            return tensor.device
+    return torch.device("cpu")
+
+
 def model_device(model: nn.Module) -> torch.device:
-    """Where the model's inputs go (its embedding's device; correct under accelerate dispatch too)."""
-    return model.get_input_embeddings().weight.device
+    """Where the model's inputs go: its embedding's execution device (correct under accelerate dispatch and offload)."""
+    return execution_device(model.get_input_embeddings())
+
+
+def is_offloaded(model: nn.Module) -> bool:
+    """Whether some of ``model``'s weights are offloaded (on "meta", loaded by accelerate hooks when called)."""
+    return any(p.device.type == "meta" for p in model.parameters())

@@ -15,7 +15,11 @@ Scores computed from the same pass:
   over all tokens (the mean of the per-token distances, not the distance of the mean cosine).
 
 Statistics are accumulated batch by batch as running sums of ``(L+1) × (L+1)`` matrices, so memory
-is bounded by one batch's residual states whatever the number of calibration tokens.
+is bounded by one batch's residual states whatever the number of calibration tokens. With
+``stream_store="cpu"`` or ``"disk"`` (``frankenllama.streams``) those states leave the accelerator as
+they are captured and come back a token slice of every state at a time, so the accelerator holds
+about one stream and one block; the model itself may be spread or offloaded by accelerate's
+``device_map`` (the pass calls the dispatched modules, whose hooks move inputs and weights).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from frankenllama.models import decoder_layers, model_device
+from frankenllama.streams import StreamStore, unit_chunks
 
 TokenScope = Literal["last", "all"]
 
@@ -79,20 +84,32 @@ class LayerSimilarity:
 
 
 class ResidualCapture:
-    """Forward hooks that record the residual stream entering every block and leaving the last one."""
+    """Forward hooks that record the residual stream entering every block and leaving the last one.
 
-    def __init__(self, model: nn.Module):
+    ``store``: put state i of the pass under key ``(i, 0)`` there (``count`` says how many) instead
+    of keeping the list that ``pop`` returns.
+    """
+
+    def __init__(self, model: nn.Module, store: StreamStore | None = None):
         self.layers = decoder_layers(model)
         self.states: list[torch.Tensor] = []
+        self.store = store
+        self.count = 0
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _keep(self, hidden: torch.Tensor) -> None:
+        if self.store is None:
+            self.states.append(hidden)
+        else:
+            self.store.put((self.count, 0), hidden)
+        self.count += 1
 
     def __enter__(self) -> ResidualCapture:
         def grab_input(module, args, kwargs):
-            hidden = args[0] if args else kwargs["hidden_states"]
-            self.states.append(hidden)
+            self._keep(args[0] if args else kwargs["hidden_states"])
 
         def grab_output(module, args, output):
-            self.states.append(output[0] if isinstance(output, tuple) else output)
+            self._keep(output[0] if isinstance(output, tuple) else output)
 
         self._handles.append(self.layers[0].register_forward_pre_hook(grab_input, with_kwargs=True))
         for layer in self.layers:
@@ -105,7 +122,7 @@ class ResidualCapture:
         self._handles.clear()
 
     def pop(self) -> list[torch.Tensor]:
-        states, self.states = self.states, []
+        states, self.states, self.count = self.states, [], 0
         return states
 
 
@@ -121,45 +138,61 @@ def layer_similarity(
     attention_mask: torch.Tensor | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    stream_store: str = "device",
+    stream_dir: str | None = None,
 ) -> LayerSimilarity:
     """Residual-stream similarity statistics of ``model`` on ``(N, T)`` token blocks (see module doc).
 
     Runs the decoder trunk only (no LM head) once per batch; padding positions (``attention_mask`` 0)
     are excluded from the token averages and the last token of each row is its last real token.
+    ``stream_store``/``stream_dir``: where the batch's residual states wait (``frankenllama.streams``);
+    the result does not depend on it beyond float rounding.
     """
     if input_ids.dim() != 2 or input_ids.shape[0] == 0:
         raise ValueError(f"expected token ids of shape (N >= 1, T), got {tuple(input_ids.shape)}")
     L = len(decoder_layers(model))
     device = model_device(model)
-    cos_sum = torch.zeros(L + 1, L + 1, dtype=torch.float64)
-    ang_sum = torch.zeros_like(cos_sum)
-    last_sum = torch.zeros_like(cos_sum)
+    sums = torch.zeros(3, L + 1, L + 1, dtype=torch.float64)  # cosine, angular (all tokens), angular (last token)
     n_tokens = n_seqs = 0
     trunk = model.model
-    with ResidualCapture(model) as capture:
-        for start in tqdm(range(0, len(input_ids), batch_size), desc="similarity", disable=not progress, leave=False):
-            ids = input_ids[start : start + batch_size].to(device)  # (B, T)
-            mask = torch.ones_like(ids) if attention_mask is None else attention_mask[start : start + batch_size].to(device)
-            trunk(input_ids=ids, attention_mask=mask, use_cache=False)
-            states = capture.pop()
-            assert len(states) == L + 1, f"captured {len(states)} residual states, expected {L + 1}"
-            unit = F.normalize(torch.stack(states).float(), dim=-1)  # (L+1, B, T, H)
-            valid = mask.bool()
-            tokens = unit[:, valid]  # (L+1, N_valid, H)
-            cos = torch.einsum("inh,jnh->nij", tokens, tokens).clamp_(-1.0, 1.0)  # (N_valid, L+1, L+1)
-            cos_sum += cos.sum(0).double().cpu()
-            ang_sum += (torch.arccos(cos) / math.pi).sum(0).double().cpu()
-            last = unit[:, torch.arange(ids.shape[0], device=device), last_token_index(mask)]  # (L+1, B, H)
-            cos_last = torch.einsum("ibh,jbh->bij", last, last).clamp_(-1.0, 1.0)  # (B, L+1, L+1)
-            last_sum += (torch.arccos(cos_last) / math.pi).sum(0).double().cpu()
-            n_tokens += tokens.shape[1]
-            n_seqs += ids.shape[0]
+    store = StreamStore(stream_store, stream_dir)
+    try:
+        with ResidualCapture(model, store) as capture:
+            for start in tqdm(range(0, len(input_ids), batch_size), desc="similarity", disable=not progress, leave=False):
+                ids = input_ids[start : start + batch_size].to(device)  # (B, T)
+                mask = torch.ones_like(ids) if attention_mask is None else attention_mask[start : start + batch_size].to(device)
+                trunk(input_ids=ids, attention_mask=mask, use_cache=False)
+                assert capture.count == L + 1, f"captured {capture.count} residual states, expected {L + 1}"
+                n_tokens += _batch_sums(store, L + 1, mask, sums, whole=stream_store == "device")
+                n_seqs += ids.shape[0]
+                capture.pop()
+    finally:
+        store.close()
     if n_tokens == 0:
         raise ValueError("attention_mask selects no tokens: nothing to measure")
     # arccos of a float32 cosine of a vector with itself is not exactly 0; the diagonal is 0 by definition.
-    ang, ang_last = (ang_sum / n_tokens).numpy(), (last_sum / n_seqs).numpy()
+    ang, ang_last = (sums[1] / n_tokens).numpy(), (sums[2] / n_seqs).numpy()
     np.fill_diagonal(ang, 0.0)
     np.fill_diagonal(ang_last, 0.0)
-    cosine = (cos_sum / n_tokens).numpy()
+    cosine = (sums[0] / n_tokens).numpy()
     np.fill_diagonal(cosine, 1.0)
     return LayerSimilarity(cosine, ang, ang_last, n_tokens, n_seqs)
+
+
+def _batch_sums(store: StreamStore, n_states: int, mask: torch.Tensor, sums: torch.Tensor, whole: bool) -> int:
+    """Add one batch's sums of cos, arccos/π (valid tokens) and last-token arccos/π to ``sums`` (3, S, S); returns its valid tokens."""
+    device = mask.device
+    last_index = last_token_index(mask)  # (B,)
+    valid = mask.bool()
+    chunks = unit_chunks(lambda i, tokens: store.get((i, 0), tokens), n_states, mask.shape[1], device, whole)
+    for tokens, unit in chunks:  # unit: (S, B, t, H)
+        picked = unit[:, valid[:, tokens]]  # (S, N_valid, H)
+        cos = torch.einsum("inh,jnh->nij", picked, picked).clamp_(-1.0, 1.0)  # (N_valid, S, S)
+        sums[0] += cos.sum(0).double().cpu()
+        sums[1] += (torch.arccos(cos) / math.pi).sum(0).double().cpu()
+        rows = ((last_index >= tokens.start) & (last_index < tokens.stop)).nonzero()[:, 0]
+        if len(rows):
+            last = unit[:, rows, last_index[rows] - tokens.start]  # (S, B', H)
+            cos_last = torch.einsum("ibh,jbh->bij", last, last).clamp_(-1.0, 1.0)  # (B', S, S)
+            sums[2] += (torch.arccos(cos_last) / math.pi).sum(0).double().cpu()
+    return int(valid.sum())

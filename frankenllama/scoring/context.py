@@ -40,6 +40,7 @@ from frankenllama.models import decoder_layers
 from frankenllama.scoring.measures import AblationScan, TaylorScores, ablation_scan, taylor_scores
 from frankenllama.scoring.search import GreedyResult, SwapResult, greedy_removal, part_swap_search, swap_search
 from frankenllama.similarity import LayerSimilarity, layer_similarity
+from frankenllama.streams import check_place
 from frankenllama.units import Granularity, layer_units, num_units
 
 
@@ -87,6 +88,11 @@ class SelectionContext:
         sublayer_blocks: measure sub-blocks (2L units, twice the work) on only the first this many
             calibration blocks (``None``: all).
         jackknife: compute Taylor's leave-one-out replicates along with its score (``TaylorScores.loo``).
+        stream_store: where the similarity pass, the scan and the searches keep cached residual
+            streams: ``"device"`` (default), ``"cpu"`` (pinned with CUDA) or ``"disk"`` (a temporary
+            folder under ``stream_dir``); see ``frankenllama.streams``. Results do not depend on it
+            (beyond float rounding), so it is not part of any cache key. The model itself may be
+            spread or offloaded with accelerate's ``device_map``.
         scans, taylor: results computed before (e.g. ``AblationScan.subset`` of a larger scan); a
             context holding them selects without a model.
     """
@@ -105,6 +111,8 @@ class SelectionContext:
         greedy_steps: int | None = None,
         sublayer_blocks: int | None = None,
         jackknife: bool = False,
+        stream_store: str = "device",
+        stream_dir: str | None = None,
     ):
         if similarity is None and scans:
             similarity = next(iter(scans)).similarity()
@@ -129,11 +137,13 @@ class SelectionContext:
         self.greedy_steps = greedy_steps
         self.sublayer_blocks = sublayer_blocks
         self.jackknife = jackknife
+        check_place(stream_store)
+        self.streams = {"stream_store": stream_store, "stream_dir": stream_dir}  # never in a cache key
 
     @property
     def similarity(self) -> LayerSimilarity:
         if self._similarity is None:
-            self._similarity = layer_similarity(self.model, self.calib, batch_size=self.batch_size)
+            self._similarity = layer_similarity(self.model, self.calib, batch_size=self.batch_size, **self.streams)
         return self._similarity
 
     def calib_for(self, granularity: Granularity) -> torch.Tensor:
@@ -165,7 +175,8 @@ class SelectionContext:
             raise ValueError(f"ablation needs a model with at least 2 layers (this one has {self.num_layers})")
         params = {"batch_size": self.batch_size} | self._blocks_param(granularity)
         arrays = self.store(f"ablation-{granularity}", params, lambda: ablation_scan(
-            self.model, self.calib_for(granularity), granularity, self.batch_size, kl=granularity == "layer", progress=self.progress).to_arrays())
+            self.model, self.calib_for(granularity), granularity, self.batch_size, kl=granularity == "layer", progress=self.progress,
+            **self.streams).to_arrays())
         self._scans[granularity] = AblationScan.from_arrays(arrays)
         return self._scans[granularity]
 
@@ -195,7 +206,7 @@ class SelectionContext:
                 scan = self.scan(granularity)
                 first = scan.base_mean_nll() + scan.delta_nll()
             run = greedy_removal(self.model, self.calib_for(granularity), k, granularity, self.batch_size, shortlist=self.shortlist,
-                                 start=prefix, first=first if not prefix else None, progress=self.progress)
+                                 start=prefix, first=first if not prefix else None, progress=self.progress, **self.streams)
             nll = ([] if known is None else known.nll) + run.nll
             base = run.base_nll if known is None else known.base_nll
             return {"order": np.array(run.order), "nll": np.array(nll), "base_nll": np.array(base),
@@ -216,7 +227,7 @@ class SelectionContext:
 
         def compute() -> dict[str, np.ndarray]:
             return swap_search(self.model, self.calib, start, self.batch_size, progress=self.progress,
-                               alternatives=others).to_arrays()
+                               alternatives=others, **self.streams).to_arrays()
 
         params = {"k": len(start), "start": start, "others": others, "batch_size": self.batch_size}
         return SwapResult.from_arrays(self.store("swap", params, compute))
@@ -235,7 +246,7 @@ class SelectionContext:
 
         def compute() -> dict[str, np.ndarray]:
             return part_swap_search(self.model, self.calib, start, cost, width, batch_size=self.batch_size,
-                                    max_rounds=rounds, progress=self.progress).to_arrays()
+                                    max_rounds=rounds, progress=self.progress, **self.streams).to_arrays()
 
         params = {"k": len(layers), "start": start, "width": width, "rounds": rounds, "cost_blocks": self.sublayer_blocks,
                   "batch_size": self.batch_size}

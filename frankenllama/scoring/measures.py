@@ -26,8 +26,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from frankenllama.loss import next_token_nll
-from frankenllama.models import decoder_layers, model_device
+from frankenllama.models import decoder_layers, is_offloaded, model_device
 from frankenllama.scoring.trunk import Trunk
+from frankenllama.streams import unit_chunks
 from frankenllama.similarity import LayerSimilarity
 from frankenllama.units import Granularity, bypass_flags, layer_of, num_units, removal_mask
 
@@ -106,12 +107,20 @@ class AblationScan:
         return cls(granularity=str(arrays["granularity"]), **{k: arrays[k] for k in arrays if k != "granularity"})
 
 
-def _pair_stats(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample sums of cos and arccos/π over tokens, and the last-token arccos/π: 3 × (B, L+1, L+1)."""
-    unit = F.normalize(torch.stack(states).float(), dim=-1)  # (L+1, B, T, H)
-    cos = torch.einsum("ibth,jbth->btij", unit, unit).clamp_(-1.0, 1.0)  # (B, T, L+1, L+1)
-    ang = torch.arccos(cos) / math.pi
-    return cos.sum(1).double(), ang.sum(1).double(), ang[:, -1].double()
+def _pair_stats(trunk: Trunk, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample sums of cos and arccos/π over tokens, and the last-token arccos/π, of batch ``b``'s
+    cached streams: 3 × (B, L+1, L+1), a token slice of every state at a time (``unit_chunks``)."""
+    n, T = trunk.num_layers + 1, trunk.batches[b].ids.shape[1]
+    state = lambda i, tokens: trunk.states.get((i, b), tokens)  # noqa: E731
+    cos_sum = ang_sum = ang_last = None
+    for tokens, unit in unit_chunks(state, n, T, trunk.device, whole=trunk.stream_store == "device"):  # (S, B, t, H)
+        cos = torch.einsum("ibth,jbth->btij", unit, unit).clamp_(-1.0, 1.0)  # (B, t, S, S)
+        ang = torch.arccos(cos) / math.pi
+        c, a = cos.sum(1).double(), ang.sum(1).double()
+        cos_sum, ang_sum = (c, a) if cos_sum is None else (cos_sum + c, ang_sum + a)
+        if tokens.stop == T:
+            ang_last = ang[:, -1].double()
+    return cos_sum.cpu(), ang_sum.cpu(), ang_last.cpu()
 
 
 @torch.no_grad()
@@ -122,6 +131,8 @@ def ablation_scan(
     batch_size: int = 4,
     kl: bool = True,
     progress: bool = False,
+    stream_store: str = "device",
+    stream_dir: str | None = None,
 ) -> AblationScan:
     """One-unit-out ablation of every block (or sub-block) on ``(N, T)`` calibration blocks.
 
@@ -129,12 +140,13 @@ def ablation_scan(
     ``KL(p_full ‖ p_∖u)``, each computed from the cached stream entering u's block (see module doc).
     The same pass records per-sample residual-stream similarity sums, from which
     ``AblationScan.similarity`` rebuilds the foundation's ``LayerSimilarity`` for any sample subset.
+    ``stream_store``/``stream_dir``: where one batch's streams wait (``frankenllama.streams``).
     """
     L = len(decoder_layers(model))
     if L < 2:
         raise ValueError(f"ablation needs a model with at least 2 layers (this one has {L}): removing its only block leaves no model")
     U = num_units(L, granularity)
-    trunk = Trunk(model, input_ids, batch_size)
+    trunk = Trunk(model, input_ids, batch_size, stream_store=stream_store, stream_dir=stream_dir)
     N = trunk.n_samples
     base = np.zeros(N)
     nll = np.zeros((N, U))
@@ -145,24 +157,29 @@ def ablation_scan(
     empty = removal_mask((), L, granularity)
     total = len(trunk.batches) * U
     bar = tqdm(total=total, desc=f"ablation ({granularity})", disable=not progress, leave=False)
-    for b, rows in enumerate(trunk.sample_slices):
-        states = [trunk.embed(b)]
-        for layer in range(L):
-            states.append(trunk.block(layer, states[-1], b))
-        c, a, la = _pair_stats(states)
-        cos[rows], ang[rows], last[rows] = c.numpy(), a.numpy(), la.numpy()
-        base[rows] = trunk.nll(states[-1], b).numpy()
-        ref = F.log_softmax(trunk.logits(states[-1]), dim=-1) if kl else None  # (B, T-1, V)
-        for u in range(U):
-            layer = layer_of(u, granularity)
-            x = trunk.run(states[layer], b, layer, empty, first=bypass_flags(u, granularity, empty))
-            nll[rows, u] = trunk.nll(x, b).numpy()
-            if kl:
-                for i in range(x.shape[0]):  # per sample: bounds memory to one (T-1, V) pair
-                    logp = F.log_softmax(trunk.logits(x[i : i + 1])[0], dim=-1)
-                    kls[rows.start + i, u] = float((ref[i].exp() * (ref[i] - logp)).sum())
-            bar.update()
-        del states, ref
+    try:
+        for b, rows in enumerate(trunk.sample_slices):
+            trunk.refresh(empty, batches=[b])  # this batch's streams, where stream_store says
+            c, a, la = _pair_stats(trunk, b)
+            cos[rows], ang[rows], last[rows] = c.numpy(), a.numpy(), la.numpy()
+            final = trunk.states[L][b]
+            base[rows] = trunk.nll(final, b).numpy()
+            ref = F.log_softmax(trunk.logits(final), dim=-1) if kl else None  # (B, T-1, V)
+            del final
+            for u in range(U):
+                layer = layer_of(u, granularity)
+                x = trunk.run(trunk.states[layer][b], b, layer, empty, first=bypass_flags(u, granularity, empty))
+                nll[rows, u] = trunk.nll(x, b).numpy()
+                if kl:
+                    for i in range(x.shape[0]):  # per sample: bounds memory to one (T-1, V) pair
+                        logp = F.log_softmax(trunk.logits(x[i : i + 1])[0], dim=-1).to(ref.device)
+                        kls[rows.start + i, u] = float((ref[i].exp() * (ref[i] - logp)).sum())
+                bar.update()
+            del ref
+            trunk.release(b)
+    finally:
+        if trunk.states is not None:
+            trunk.states.close()
     bar.close()
     return AblationScan(granularity, base, nll, kls, trunk.n_predictions(), cos, ang, last,
                         np.full(N, input_ids.shape[1], dtype=np.int64))
@@ -219,6 +236,10 @@ def taylor_scores(
     interval of Taylor's rank correlation (the score is not a sum over samples, so it cannot be
     bootstrapped from per-sample numbers).
     """
+    if is_offloaded(model):
+        raise ValueError("Taylor importance needs gradients of every weight, and this model has weights offloaded by "
+                         "accelerate (on 'meta'): load it without offload (device_map over devices that hold it), or use "
+                         "the ablation scores, which run on offloaded models")
     blocks = _block_params(model)
     flat = [p for ps in blocks for p in ps]
     others = [p for p in model.parameters() if all(p is not q for q in flat)]

@@ -81,6 +81,8 @@ def greedy_removal(
     bounded: bool = True,
     bound_vocab: int = BOUND_VOCAB,
     progress: bool = False,
+    stream_store: str = "device",
+    stream_dir: str | None = None,
 ) -> GreedyResult:
     """Iteratively remove the unit whose removal raises the calibration NLL least, re-scoring after each step.
 
@@ -110,6 +112,7 @@ def greedy_removal(
         start: units already removed (a previous, shorter run of the same search) to continue from.
         first: the mean calibration NLL with each unit removed alone, (U,), when already known from
             ``ablation_scan`` on the same blocks: the first step reads it instead of re-measuring.
+        stream_store, stream_dir: where the cached streams live (``frankenllama.streams``; same choices).
     """
     L = len(decoder_layers(model))
     U = num_units(L, granularity)
@@ -117,7 +120,7 @@ def greedy_removal(
         raise ValueError(f"steps = {steps} is outside 1 … {U - 1} for {U} {granularity} units")
     if shortlist is not None and shortlist < 1:
         raise ValueError(f"shortlist must be positive or None, got {shortlist}")
-    trunk = Trunk(model, input_ids, batch_size, bound_vocab=bound_vocab)
+    trunk = Trunk(model, input_ids, batch_size, bound_vocab=bound_vocab, stream_store=stream_store, stream_dir=stream_dir)
     count = float(trunk.n_predictions().sum())
     bounded = bounded and cached
     removed: list[int] = list(start)
@@ -204,6 +207,8 @@ def swap_search(
     max_rounds: int = 8,
     progress: bool = False,
     alternatives: Sequence[Sequence[int]] = (),
+    stream_store: str = "device",
+    stream_dir: str | None = None,
 ) -> SwapResult:
     """Improve a set of removed blocks by swaps: put one back, remove a neighbour of the set instead.
 
@@ -217,12 +222,13 @@ def swap_search(
     when no swap helps or after ``max_rounds``. Started from SLEB's choice this is "SLEB + swaps", a
     refinement in the spirit of the local search of Kim et al. 2024 ("Shortened LLaMA") and
     SLEB's own observation that greedy block choices interact (Song et al. 2024, arXiv:2402.09025).
+    ``stream_store``/``stream_dir`` as in ``greedy_removal``.
     """
     L = len(decoder_layers(model))
     removed = sorted(int(u) for u in start)
     if not 1 <= len(removed) <= L - 1:
         raise ValueError(f"start must name 1 … {L - 1} blocks, got {removed}")
-    trunk = Trunk(model, input_ids, batch_size)
+    trunk = Trunk(model, input_ids, batch_size, stream_store=stream_store, stream_dir=stream_dir)
     trunk.refresh(removal_mask((), L, "layer"))
     loss = _calibration_loss(trunk, "layer")
     current = loss(removed)
@@ -254,6 +260,8 @@ def part_swap_search(
     batch_size: int = 4,
     max_rounds: int = 8,
     progress: bool = False,
+    stream_store: str = "device",
+    stream_dir: str | None = None,
 ) -> SwapResult:
     """Improve a set of removed sub-blocks by same-kind swaps: put back the attention (or MLP) of one block, remove another's.
 
@@ -276,7 +284,7 @@ def part_swap_search(
         raise ValueError(f"cost must give one number per sub-block, shape ({U},), got {np.shape(cost)}")
     if width < 1 or not parts or not set(parts) <= {ATTN, MLP}:
         raise ValueError(f"need width >= 1 and parts among ATTN = {ATTN}, MLP = {MLP}; got width {width}, parts {parts}")
-    trunk = Trunk(model, input_ids, batch_size)
+    trunk = Trunk(model, input_ids, batch_size, stream_store=stream_store, stream_dir=stream_dir)
     trunk.refresh(removal_mask((), L, "sublayer"))
     loss = _calibration_loss(trunk, "sublayer")
 

@@ -11,6 +11,13 @@ candidate as soon as its NLL is sure to exceed a bound, first from a *vocabulary
 (the LM-head rows of a few thousand tokens, ``BOUND_VOCAB``) and then from the exact partial sums.
 The bound never exceeds the NLL, so nothing that could win is cut.
 
+Memory. The model may be spread over devices or offloaded by accelerate (``device_map``,
+``dispatch_model``): every block runs on its own execution device (accelerate's hooks load offloaded
+weights when the block is called), so an accelerator needs one block's weights at a time. The
+cached streams live where ``stream_store`` says (``frankenllama.streams``: on the device they were
+computed on, in pinned CPU memory, or on disk) and come back one at a time, so a scan or search
+holds one block and its activations on the accelerator, not the model and every stream.
+
 Units, ids and masks: ``frankenllama.units``. Calibration blocks are full-length token blocks (no
 padding), as ``frankenllama.data`` makes them.
 """
@@ -27,10 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from accelerate.utils import align_module_device
 from transformers.masking_utils import create_causal_mask
 
 from frankenllama.loss import next_token_nll
-from frankenllama.models import decoder_layers, model_device
+from frankenllama.models import decoder_layers, execution_device, model_device
+from frankenllama.streams import StreamStore, check_place
 from frankenllama.units import ATTN, MLP, Granularity, bypass_flags, layer_of, removal_mask
 
 BOUND_VOCAB = 4096  # tokens scored by the searches' NLL lower bound (besides the targets); see ``Trunk.total_nll``
@@ -54,23 +63,29 @@ class Trunk:
     which is what the physically pruned model (``frankenllama.sublayer``) computes.
     """
 
-    def __init__(self, model: nn.Module, input_ids: torch.Tensor, batch_size: int = 4, bound_vocab: int = BOUND_VOCAB):
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, batch_size: int = 4, bound_vocab: int = BOUND_VOCAB,
+                 stream_store: str = "device", stream_dir: str | None = None):  # fmt: skip
         if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] < 2:
             raise ValueError(f"expected token blocks of shape (N >= 1, T >= 2), got {tuple(input_ids.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if bound_vocab < 0:
             raise ValueError(f"bound_vocab must be non-negative (0: no vocabulary bound), got {bound_vocab}")
+        check_place(stream_store)
         self.model = model
         self.bound_vocab = bound_vocab
+        self.stream_store, self.stream_dir = stream_store, stream_dir
         self._shortlist: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None
         self.layers = decoder_layers(model)
         self.num_layers = len(self.layers)
         self.device = model_device(model)
+        self.devices = [execution_device(layer) for layer in self.layers]  # where each block computes
+        self.head_device = execution_device(model.lm_head)
         self.input_ids = input_ids
         self.batches: list[_Batch] = []
+        self._placed: dict[tuple[int, torch.device], dict[str, Any]] = {}  # block kwargs per (batch, device)
         self.mask = removal_mask((), self.num_layers, "layer")  # nothing removed yet
-        self.states: list[list[torch.Tensor]] | None = None
+        self.states: StreamStore | None = None  # ``states[ℓ][b]``
         trunk = model.model
         with torch.no_grad():
             for start in range(0, len(input_ids), batch_size):
@@ -95,16 +110,25 @@ class Trunk:
         """Block ``layer`` applied to ``x`` with its attention and/or MLP bypassed where False."""
         if not (attn or mlp):
             return x
-        batch = self.batches[b]
         block = self.layers[layer]
-        kwargs = dict(attention_mask=batch.causal_mask, position_embeddings=batch.position_embeddings,
-                      position_ids=batch.position_ids, cache=None, use_cache=False)
+        kwargs = self._kwargs(b, self.devices[layer])
+        x = x.to(self.devices[layer])  # a no-op on one device; the sub-block calls below have no hook that moves it
         if attn and mlp:
             return block(x, **kwargs)
         if attn:
             out, _ = block.self_attn(hidden_states=block.input_layernorm(x), **kwargs)
             return x + out
         return x + block.mlp(block.post_attention_layernorm(x))
+
+    def _kwargs(self, b: int, device: torch.device) -> dict[str, Any]:
+        """The block arguments of batch ``b`` (masks, rotary embeddings) on ``device``, moved once."""
+        if (b, device) not in self._placed:
+            batch = self.batches[b]
+            move = (lambda t: t) if device == self.device else (lambda t: t.to(device) if isinstance(t, torch.Tensor) else t)
+            self._placed[(b, device)] = dict(
+                attention_mask=move(batch.causal_mask), position_embeddings=tuple(move(t) for t in batch.position_embeddings),
+                position_ids=move(batch.position_ids), cache=None, use_cache=False)  # fmt: skip
+        return self._placed[(b, device)]
 
     def run(self, x: torch.Tensor, b: int, start: int, mask: np.ndarray, first: tuple[bool, bool] | None = None) -> torch.Tensor:
         """Run blocks ``start … L-1`` under removal ``mask``; ``first`` overrides (attn, mlp) of block ``start``."""
@@ -142,19 +166,20 @@ class Trunk:
         """
         if self._shortlist is None:
             assert self.states is not None, "call refresh() first"
-            head = self.model.lm_head
-            mass = torch.zeros(head.weight.shape[0], dtype=torch.float64, device=self.device)
+            head, device = self.model.lm_head, self.head_device
+            mass = torch.zeros(self.model.config.vocab_size, dtype=torch.float64, device=device)
             for b in range(len(self.batches)):
                 h = self.model.model.norm(self.states[self.num_layers][b][:, :-1])
                 for i in range(len(h)):
-                    mass += head(h[i]).float().softmax(-1).sum(0).double()
-            targets = self.input_ids[:, 1:].reshape(-1).to(self.device)
+                    mass += head(h[i]).float().softmax(-1).sum(0).double().to(device)
+            targets = self.input_ids[:, 1:].reshape(-1).to(device)
             top = mass.topk(min(self.bound_vocab, len(mass))).indices
             tokens = torch.unique(torch.cat([targets, top]))
-            where = torch.full((len(mass),), -1, dtype=torch.long, device=self.device)
-            where[tokens] = torch.arange(len(tokens), device=self.device)
-            bias = None if head.bias is None else head.bias[tokens]
-            self._shortlist = (head.weight[tokens].contiguous(), bias, where)
+            where = torch.full((len(mass),), -1, dtype=torch.long, device=device)
+            where[tokens] = torch.arange(len(tokens), device=device)
+            with align_module_device(head, device):  # an offloaded head's weights, loaded for this copy
+                bias = None if head.bias is None else head.bias[tokens].clone()
+                self._shortlist = (head.weight[tokens].contiguous(), bias, where)
         return self._shortlist
 
     def _nll_lower_bound(self, h: torch.Tensor, b: int) -> torch.Tensor:
@@ -164,10 +189,10 @@ class Trunk:
         ``logsumexp_S z − z_y ≤ −log p(y)``: exact arithmetic never overestimates a candidate's NLL.
         """
         weight, bias, where = self._vocab()
-        targets = where[self.batches[b].ids[:, 1:]]  # (B, T-1) rows of the targets in the shortlist
+        targets = where[self.batches[b].ids[:, 1:].to(where.device)]  # (B, T-1) rows of the targets in the shortlist
         out = torch.empty(len(h), dtype=torch.float64)
         for i in range(len(h)):
-            z = F.linear(h[i], weight, bias).float()  # (T-1, |S|)
+            z = F.linear(h[i].to(weight.device), weight, bias).float()  # (T-1, |S|)
             out[i] = (z.logsumexp(-1) - z.gather(-1, targets[i, :, None])[:, 0]).double().sum().cpu()
         return out
 
@@ -183,7 +208,7 @@ class Trunk:
         could come in under ``bound`` is cut; a total above it may still be returned complete.
         ``bound_vocab = 0`` checks the exact partial sums only. An infinite bound computes exactly.
         A bounded call keeps the normalised final streams of every batch until the head has run
-        (N × T × H in the model's dtype).
+        (N × T × H in the model's dtype), where ``stream_store`` says.
         """
         n = len(self.batches)
         if math.isinf(bound) or self.bound_vocab == 0:
@@ -195,30 +220,46 @@ class Trunk:
                     return None
             return torch.cat(out)
         limit = bound + _ROUNDING * abs(bound)  # float32 logits: never cut on rounding alone
-        hidden, lower = [], []
-        for b in range(n):
-            hidden.append(self.model.model.norm(final(b)[:, :-1]))
-            lower.append(float(self._nll_lower_bound(hidden[-1], b).sum()))
-            if sum(lower) > limit:
-                return None
+        hidden, lower = StreamStore(self.stream_store, self.stream_dir), []
+        try:
+            for b in range(n):
+                h = self.model.model.norm(final(b)[:, :-1])
+                hidden.put(b, h)
+                lower.append(float(self._nll_lower_bound(h, b).sum()))
+                del h
+                if sum(lower) > limit:
+                    return None
+            return self._exact_after_bound(hidden, lower, limit)
+        finally:
+            hidden.close()
+
+    def _exact_after_bound(self, hidden: StreamStore, lower: list[float], limit: float) -> torch.Tensor | None:
+        """``total_nll``'s second pass: the full LM head batch by batch while exact + lower bounds stay under ``limit``."""
+        n = len(self.batches)
         out, rest = [], sum(lower)
         for b in range(n):
-            out.append(self._head_nll(hidden[b], b))
+            out.append(self._head_nll(hidden.get(b), b))
             rest += float(out[-1].sum()) - lower[b]
             if rest > limit and b < n - 1:
                 return None
         return torch.cat(out)
 
     @torch.no_grad()
-    def refresh(self, mask: np.ndarray, from_layer: int = 0, progress: bool = False) -> None:
-        """Set the removal mask and recompute the cached streams entering blocks ``from_layer`` … L."""
+    def refresh(self, mask: np.ndarray, from_layer: int = 0, progress: bool = False, batches: list[int] | None = None) -> None:
+        """Set the removal mask and recompute the cached streams entering blocks ``from_layer`` … L.
+
+        ``batches``: only these batches (default: all); the others keep what they held.
+        """
         self.mask = np.array(mask, dtype=bool)
         if self.states is None:
             from_layer = 0
-            self.states = [[torch.empty(0)] * len(self.batches) for _ in range(self.num_layers + 1)]
-        for b in tqdm(range(len(self.batches)), desc="residual stream", disable=not progress, leave=False):
-            x = self.embed(b) if from_layer == 0 else self.states[from_layer][b]
-            self.states[from_layer][b] = x
+            self.states = StreamStore(self.stream_store, self.stream_dir)
+        chosen = range(len(self.batches)) if batches is None else batches
+        for b in tqdm(chosen, desc="residual stream", disable=not progress, leave=False):
+            if from_layer == 0:
+                self.states[0][b] = x = self.embed(b)
+            else:
+                x = self.states[from_layer][b]
             for layer in range(from_layer, self.num_layers):
                 x = self.block(layer, x, b, not self.mask[layer, ATTN], not self.mask[layer, MLP])
                 self.states[layer + 1][b] = x
@@ -241,7 +282,8 @@ class Trunk:
         assert self.states is not None, "call refresh() first"
         out = np.zeros(self.num_layers)
         for layer in range(self.num_layers):
-            cos = [F.cosine_similarity(self.states[layer][b].float(), self.states[layer + 1][b].float(), dim=-1).mean()
+            cos = [F.cosine_similarity(self.states[layer][b].float().to(self.device),
+                                       self.states[layer + 1][b].float().to(self.device), dim=-1).mean()
                    for b in range(len(self.batches))]
             out[layer] = 1.0 - float(torch.stack(cos).mean())
         return out
@@ -257,6 +299,12 @@ class Trunk:
         assert self.states is not None, "call refresh() first"
         start = self.first_difference(mask)
         return self.total_nll(lambda b: self.run(self.states[start][b], b, start, mask), bound)
+
+    def release(self, b: int) -> None:
+        """Forget batch ``b``'s cached streams (a scan done with it)."""
+        if self.states is not None:
+            for state in range(self.num_layers + 1):
+                self.states.drop((state, b))
 
     def first_difference(self, mask: np.ndarray) -> int:
         """The first block whose sub-blocks ``mask`` removes differently from the current mask (L if none)."""
