@@ -4,10 +4,18 @@ Data order. Batch ``s`` holds the blocks ``batch_indices(s, …)`` picks: a fres
 of the training blocks per epoch, a pure function of (seed, step). A resumed run therefore sees
 exactly the batches the uninterrupted run would have seen, and — with the trainable weights,
 optimizer, scheduler and RNG states restored from the checkpoint — ends bit-identical to it.
+
+Under ``accelerate launch`` (``train(..., accelerator=...)``), process r of P takes the r-th of P
+equal slices of each global batch (the same blocks a one-process run's batch holds, as a
+``split_batches`` data loader would deal them out, but still a pure function of seed and step, so
+resuming stays exact); the logged losses are averaged over the processes, the teacher's targets
+are computed by the main process first and read from the cache by the others, and only the main
+process writes checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +98,23 @@ def run_targets(
     return RunTargets(targets, position), (time.perf_counter() - started if computed else 0.0)
 
 
+def _slice(accelerator: Any | None, batch_size: int) -> slice:
+    """This process's slice of a global batch (all of it without an accelerator)."""
+    if accelerator is None:
+        return slice(None)
+    width = batch_size // accelerator.num_processes
+    return slice(accelerator.process_index * width, (accelerator.process_index + 1) * width)
+
+
+def _mean_parts(accelerator: Any | None, parts: dict[str, float]) -> dict[str, float]:
+    """The loss parts averaged over the processes (the global batch's mean; lr and seconds stay local)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return parts
+    keys = [k for k in parts if k not in ("lr", "seconds")]
+    values = accelerator.reduce(torch.tensor([parts[k] for k in keys], dtype=torch.float64, device=accelerator.device), "mean")
+    return parts | dict(zip(keys, values.tolist()))
+
+
 def _start(trainer: RecipeTrainer, checkpoint: dict[str, Any] | None, ppl_before: float | None, patched: bool,
            eval_blocks: torch.Tensor | None, eval_batch_size: int) -> TrainLog:  # fmt: skip
     """The log to continue: restored from ``checkpoint`` (with the trainer and RNG states), or a new one."""
@@ -119,27 +144,33 @@ def train(
     save: Callable[[int, dict[str, Any]], None] | None,
     progress: bool,
     on_step: Callable[[int, RecipeTrainer], None] | None,
+    accelerator: Any | None = None,
 ) -> tuple[PreTrainedModel, TrainLog]:
     """Train ``work`` (modified in place) for ``plan.n_steps`` steps, from ``checkpoint`` if given.
 
-    ``save(step, state)`` is called every ``config.checkpoint_every`` steps (but not after the last).
-    Returns the healed plain model (LoRA merged) and the log.
+    ``save(step, state)`` is called every ``config.checkpoint_every`` steps (but not after the last),
+    by the main process only. ``accelerator``: an ``accelerate.Accelerator`` to train data-parallel
+    with (see module doc). Returns the healed plain model (LoRA merged) and the log.
     """
     targets, teacher_time, tail_mass = None, 0.0, None
     if plan.trained.distill and config.kd_top_k:  # the teacher once over the blocks this run will see
-        targets, teacher_time = run_targets(teacher, train_blocks, config, plan, teacher_digest, eval_batch_size, progress)
+        with accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext():
+            targets, teacher_time = run_targets(teacher, train_blocks, config, plan, teacher_digest, eval_batch_size, progress)
         tail_mass = targets.targets.tail_mass()
     seed_everything(config.seed)  # adapter initialisation is seeded the same on a resume
-    device = model_device(work)
     trainer = RecipeTrainer(work, config, plan.n_steps, teacher)
+    if accelerator is not None:
+        trainer.distribute(accelerator)
+    device, mine = model_device(work), _slice(accelerator, config.batch_size)
+    main = accelerator is None or accelerator.is_main_process
     log = _start(trainer, checkpoint, ppl_before, config.patches, eval_blocks, eval_batch_size)
     log.teacher_time_s, log.teacher_tail_mass = teacher_time, tail_mass
     start, n_steps, tps = log.resumed_from_step or 0, plan.n_steps, plan.tokens_per_step
-    bar = tqdm(total=n_steps, initial=start, desc=f"heal {config.recipe}", disable=not progress, unit="step")
+    bar = tqdm(total=n_steps, initial=start, desc=f"heal {config.recipe}", disable=not (progress and main), unit="step")
     for step in range(start, n_steps):
-        batch = batch_indices(step, config.batch_size, len(train_blocks), config.seed)
-        ids = train_blocks[batch].to(device)  # (B, T)
-        parts = trainer.step(ids, targets.rows(batch) if targets is not None else None)
+        batch = batch_indices(step, config.batch_size, len(train_blocks), config.seed)[mine]
+        ids = train_blocks[batch].to(device)  # (B / processes, T)
+        parts = _mean_parts(accelerator, trainer.step(ids, targets.rows(batch) if targets is not None else None))
         log.train_time_s += parts["seconds"]
         done = step + 1
         if done % config.log_every == 0 or done == n_steps:
@@ -149,8 +180,11 @@ def train(
         if config.eval_every and done % config.eval_every == 0 and done < n_steps and eval_blocks is not None:
             log.curve.append({"step": done, "tokens": done * tps, "ppl": eval_ppl(trainer.model, eval_blocks, eval_batch_size)})
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < n_steps and save is not None:
-            save(done, {"trainer": trainer.state_dict(), "rng": rng_state(), "curve": log.curve, "losses": log.losses,
-                        "ppl_before": ppl_before, "train_time_s": log.train_time_s})  # fmt: skip
+            if main:
+                save(done, {"trainer": trainer.state_dict(), "rng": rng_state(), "curve": log.curve, "losses": log.losses,
+                            "ppl_before": ppl_before, "train_time_s": log.train_time_s})  # fmt: skip
+            if accelerator is not None:
+                accelerator.wait_for_everyone()  # the checkpoint is complete before any process goes on
         if on_step is not None:
             on_step(done, trainer)
     bar.close()

@@ -63,6 +63,7 @@ def heal(
     eval_batch_size: int = 4,
     progress: bool = True,
     on_step: Callable[[int, RecipeTrainer], None] | None = None,
+    accelerator: Any | None = None,
 ) -> HealResult:
     """Heal ``student`` with ``config.recipe`` and return the healed model with its costs and curves.
 
@@ -81,6 +82,9 @@ def heal(
         meta: extra metadata for ``frankenllama.json`` (e.g. how the student was pruned).
         on_step: called as ``on_step(step, trainer)`` after every optimizer step (tests use it to
             inspect the adapter model or to simulate a killed run by raising).
+        accelerator: an ``accelerate.Accelerator`` (under ``accelerate launch``): train data-parallel
+            (``frankenllama.healing.loop``); every process returns the healed model, only the main
+            process writes checkpoints and ``out_dir``. ``frankenllama.healing.launch`` is the script.
     """
     t_call = time.perf_counter()
     plan = validate_run(student, tokenizer, config, train_blocks, teacher, teacher_tokenizer, calib_blocks)
@@ -115,7 +119,7 @@ def heal(
         model, log = train(
             work, config, plan, train_blocks=train_blocks, teacher=teacher, teacher_digest=digests["teacher"],
             eval_blocks=eval_blocks, eval_batch_size=eval_batch_size, ppl_before=ppl_before, checkpoint=checkpoint,
-            save=save if checkpoint_dir is not None else None, progress=progress, on_step=on_step,
+            save=save if checkpoint_dir is not None else None, progress=progress, on_step=on_step, accelerator=accelerator,
         )  # fmt: skip
     ppl_after = eval_ppl(model, eval_blocks, eval_batch_size)
     tokens_seen = plan.n_steps * plan.tokens_per_step
@@ -130,8 +134,11 @@ def heal(
         resumed_from_step=log.resumed_from_step, fingerprint=fingerprint, teacher_time_s=log.teacher_time_s,
         teacher_tail_mass=log.teacher_tail_mass,
     )  # fmt: skip
-    if out_dir is not None:
+    main = accelerator is None or accelerator.is_main_process
+    if out_dir is not None and main:
         save_healed(out_dir, result, tokenizer, removed=removed_layers(student), meta=meta)
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None and main:
         discard_checkpoints(checkpoint_dir)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return result

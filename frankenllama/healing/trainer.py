@@ -16,6 +16,13 @@ weights unfrozen), its AdamW optimizer and learning-rate schedule, and the loss:
 The step is the unit the benchmark times and the loop in ``frankenllama.healing.loop`` repeats;
 ``state_dict``/``load_state_dict`` hold exactly what a bit-identical resume needs (trainable weights,
 optimizer and scheduler state).
+
+Data parallel. ``distribute(accelerator)`` prepares the trainable model and the optimizer with
+accelerate's ``Accelerator`` (DDP under ``accelerate launch``): each process then steps on its slice
+of the global batch and DDP averages the gradients. Every loss is a mean over positions and every
+process has the same number of positions, so the averaged gradient is the one-process gradient of
+the whole batch (up to float rounding) — except the hidden-state term, a ratio of means, which
+becomes the mean of the per-process ratios.
 """
 
 from __future__ import annotations
@@ -156,6 +163,8 @@ class RecipeTrainer:
             raise ValueError("hidden_weight > 0 needs a pruned student (a cut to match hidden states at)")
         self.model = self._prepare(model)
         self.model.train()
+        self.forward: nn.Module = self.model  # what a step calls: the model, or its DDP wrapper (``distribute``)
+        self.accelerator = None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.learning_rate, betas=(0.9, 0.95), eps=1e-8, weight_decay=config.weight_decay
@@ -163,6 +172,24 @@ class RecipeTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, total_steps, config.warmup, config.min_lr_ratio)
         )
+
+    def distribute(self, accelerator) -> None:
+        """Train data-parallel under ``accelerator`` (an ``accelerate.Accelerator``): DDP over its processes.
+
+        The model and optimizer go through ``accelerator.prepare``; ``self.model`` stays the plain
+        (unwrapped) model that checkpoints, ``finish`` and the hooks read. FSDP is refused: its
+        sharded weights and optimizer state would need sharded checkpoints, which this loop does
+        not write (use DDP; see the README's "Bigger models").
+        """
+        from accelerate.utils import DistributedType
+
+        if accelerator.distributed_type == DistributedType.FSDP:
+            raise NotImplementedError("healing under FSDP is not supported (sharded checkpoints); launch with DDP")
+        if self.config.batch_size % accelerator.num_processes:
+            raise ValueError(f"batch_size {self.config.batch_size} must be a multiple of the {accelerator.num_processes} "
+                             "processes (each takes an equal slice of the global batch)")  # fmt: skip
+        self.accelerator = accelerator
+        self.forward, self.optimizer = accelerator.prepare(self.model, self.optimizer)
 
     # ---------------------------------------------------------------- model preparation
     def _prepare(self, model: PreTrainedModel) -> nn.Module:
@@ -219,7 +246,7 @@ class RecipeTrainer:
             grab_s = _Grab(s_mods)
             grab_t = _Grab([decoder_layers(self.teacher)[t] for _, t in self.cuts])
         try:
-            logits = self.model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+            logits = self.forward(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
             parts: dict[str, float] = {}
             vocab = logits.shape[-1]
             next_ids = ids[:, 1:]  # (B, T-1)
@@ -266,9 +293,14 @@ class RecipeTrainer:
         lr = self.scheduler.get_last_lr()[0]
         loss, parts = self.loss(ids, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        if self.accelerator is None:
+            loss.backward()
+            if self.config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        else:  # gradients averaged over the processes before clipping: the same norm on every process
+            self.accelerator.backward(loss)
+            if self.config.grad_clip > 0:
+                self.accelerator.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         parts.update(lr=lr, seconds=time.perf_counter() - t0)
