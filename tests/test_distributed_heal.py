@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_llama, tiny_tokenizer
 from frankenllama.healing.launch import STOP_ENV, STOPPED, parse_args
+from frankenllama.surgery import drop_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).with_name("accelerate")
@@ -30,11 +31,12 @@ pytestmark = pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate 
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> Path:
-    """A 3-block student, a 4-block teacher (same vocabulary), train and eval blocks, in one folder."""
+    """A 4-block teacher, the student cut from it (blocks 1 and 2 removed), train and eval blocks, in one folder."""
     folder = tmp_path_factory.mktemp("heal")
     tok = tiny_tokenizer()
-    for name, layers, seed in (("student", 3, 0), ("teacher", 4, 1)):
-        tiny_llama(layers, seed).save_pretrained(folder / name)
+    teacher = tiny_llama(4, seed=1)
+    for name, model in (("teacher", teacher), ("student", drop_layers(teacher, [1, 2]))):
+        model.save_pretrained(folder / name)
         tok.save_pretrained(folder / name)
     g = torch.Generator().manual_seed(0)
     np.save(folder / "train.npy", torch.randint(3, 128, (12, 16), generator=g).numpy())
@@ -53,7 +55,7 @@ def _heal(folder: Path, out: str, recipe: str, processes: int, stop: int = 0, ch
             "--tokens", "384", "--batch-size", "4", "--seed", "3", "--train-blocks", str(folder / "train.npy"),
             "--eval-blocks", str(folder / "eval.npy"), "--out", str(folder / out), "--cache-dir", str(folder / "cache"),
             "--checkpoint-every", str(checkpoint_every), "--lr", "0.01"]  # fmt: skip
-    if recipe.startswith("kd"):
+    if recipe.startswith(("kd", "linear-patch")):
         args += ["--teacher", str(folder / "teacher")]
     if processes > 1:
         cmd = [str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
@@ -79,8 +81,9 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], start: 
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-3 * moved, msg=lambda m: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("recipe", ["lora", "kd-full"])
+@pytest.mark.parametrize("recipe", ["kd-full", "partial", "linear-patch+lora"])
 def test_two_processes_match_one(inputs, recipe) -> None:
+    """Full weights from cached teacher targets, the blocks next to the cut, the patch then LoRA: DDP = one process."""
     one = _heal(inputs, f"{recipe}-1", recipe, 1)
     assert one.returncode == 0, one.stderr[-3000:]
     two = _heal(inputs, f"{recipe}-2", recipe, 2)

@@ -122,14 +122,25 @@ def test_bounded_total_nll_with_disk_streams(plain, calib) -> None:
     got = b.candidate_nll(2, "layer", bound=float(exact.sum()) * 2)
     torch.testing.assert_close(got, exact)
     assert b.candidate_nll(2, "layer", bound=float(exact.sum()) / 2) is None
+    assert b.states._data and not any(isinstance(v, torch.Tensor) for v in b.states._data.values())  # all on disk
 
 
 def test_selection_context_stream_store(plain, dispatched, calib) -> None:
     """Scores and the greedy strategy read the same from a context on the offloaded model with disk streams."""
-    ref = SelectionContext(model=plain, calib=calib, batch_size=4)
-    got = SelectionContext(model=dispatched, calib=calib, batch_size=4, stream_store="disk")
+    keys: dict[str, list] = {"ref": [], "got": []}
+
+    def recording(name):
+        def store(kind, params, compute):
+            keys[name].append((kind, params))
+            return compute()
+
+        return store
+
+    ref = SelectionContext(model=plain, calib=calib, batch_size=4, store=recording("ref"))
+    got = SelectionContext(model=dispatched, calib=calib, batch_size=4, stream_store="disk", store=recording("got"))
     for name in ("block-influence", "angular", "ablation-nll", "ablation-kl", "sublayer-nll"):
         _close(got.score(name), ref.score(name))
     assert got.greedy(2).order == ref.greedy(2).order
+    assert keys["got"] == keys["ref"] and keys["ref"]  # the setting enters no cache key
     with pytest.raises(ValueError, match="stream_store"):
         SelectionContext(model=plain, calib=calib, stream_store="nvme")
