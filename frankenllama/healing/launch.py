@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
     result = heal(student, tokenizer, config, train_blocks=train_blocks, teacher=teacher, teacher_tokenizer=teacher_tok,
                   eval_blocks=eval_blocks, out_dir=args.out, checkpoint_dir=args.checkpoint_dir,
-                  progress=accelerator.is_main_process, on_step=on_step, accelerator=accelerator)  # fmt: skip
+                  progress=accelerator.is_main_process, on_step=on_step, accelerator=accelerator,
+                  copy_student=False)  # fmt: skip
     accelerator.print(f"healed {args.recipe} on {accelerator.num_processes} process(es): {result.steps} steps, "
                       f"{result.tokens_seen:,} tokens, resumed from step {result.resumed_from_step}, "
                       f"eval ppl {result.ppl_before} -> {result.ppl_after}; saved to {args.out}")  # fmt: skip

@@ -64,11 +64,12 @@ def heal(
     progress: bool = True,
     on_step: Callable[[int, RecipeTrainer], None] | None = None,
     accelerator: Any | None = None,
+    copy_student: bool = True,
 ) -> HealResult:
     """Heal ``student`` with ``config.recipe`` and return the healed model with its costs and curves.
 
     Args:
-        student: the pruned model; not modified (the run works on a copy).
+        student: the pruned model; not modified (the run works on a copy) unless ``copy_student=False``.
         tokenizer: the student's tokenizer, saved beside the healed weights.
         config: the frozen run config (recipe, token budget, optimizer, recipe options).
         train_blocks: ``(N, T)`` training token blocks (e.g. the ``train`` split of ``wiki-leads``);
@@ -85,6 +86,8 @@ def heal(
         accelerator: an ``accelerate.Accelerator`` (under ``accelerate launch``): train data-parallel
             (``frankenllama.healing.loop``); every process returns the healed model, only the main
             process writes checkpoints and ``out_dir``. ``frankenllama.healing.launch`` is the script.
+        copy_student: ``False`` trains ``student`` itself (modified in place: no second copy of the
+            weights in memory, for a model loaded just for this run, as the launch script does).
     """
     t_call = time.perf_counter()
     plan = validate_run(student, tokenizer, config, train_blocks, teacher, teacher_tokenizer, calib_blocks)
@@ -108,7 +111,7 @@ def heal(
         atomic_write_text(checkpoint_dir / "losses.csv", rows_csv(state["losses"]))  # for a look at a running heal
 
     seed_everything(config.seed)
-    work = copy.deepcopy(student)
+    work = copy.deepcopy(student) if copy_student else student
     ppl_before = eval_ppl(work, eval_blocks, eval_batch_size) if checkpoint is None else checkpoint["ppl_before"]
     t_patch = time.perf_counter()  # the patch is deterministic: redone on resume, before the trained state is loaded
     fits = linear_patch(work, teacher, plan.calib_blocks, config.patch_layers, config.patch_ridge) if config.patches else []
