@@ -167,7 +167,7 @@ class Trunk:
         if self._shortlist is None:
             assert self.states is not None, "call refresh() first"
             head, device = self.model.lm_head, self.head_device
-            mass = torch.zeros(self.model.config.vocab_size, dtype=torch.float64, device=device)
+            mass = torch.zeros(head.weight.shape[0], dtype=torch.float64, device=device)  # shape is known on "meta" too
             for b in range(len(self.batches)):
                 h = self.model.model.norm(self.states[self.num_layers][b][:, :-1])
                 for i in range(len(h)):
