@@ -10,6 +10,7 @@ with ``Accelerator(cpu=True)``, accelerate's MULTI_CPU DDP.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -50,11 +51,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _heal(folder: Path, out: str, recipe: str, processes: int, stop: int = 0, checkpoint_every: int = 0) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; on a timeout kill the whole group (launcher and workers) and fail."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:6])} … did not finish in {timeout} s (killed with its workers)")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _heal(folder: Path, out: str, recipe: str, processes: int, stop: int = 0, checkpoint_every: int = 0,
+          extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:  # fmt: skip
     args = ["-m", "frankenllama.healing.launch", "--student", str(folder / "student"), "--recipe", recipe,
             "--tokens", "384", "--batch-size", "4", "--seed", "3", "--train-blocks", str(folder / "train.npy"),
             "--eval-blocks", str(folder / "eval.npy"), "--out", str(folder / out), "--cache-dir", str(folder / "cache"),
-            "--checkpoint-every", str(checkpoint_every), "--lr", "0.01"]  # fmt: skip
+            "--checkpoint-every", str(checkpoint_every), "--lr", "0.01", *extra]  # fmt: skip
     if recipe.startswith(("kd", "linear-patch")):
         args += ["--teacher", str(folder / "teacher")]
     if processes > 1:
@@ -63,7 +78,7 @@ def _heal(folder: Path, out: str, recipe: str, processes: int, stop: int = 0, ch
     else:
         cmd = [sys.executable, *args]
     env = os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", STOP_ENV: str(stop)}
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    return _run(cmd, env)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -83,15 +98,19 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], start: 
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-3 * moved, msg=lambda m: f"{k}: {m}")
 
 
-@pytest.mark.parametrize("recipe", ["kd-full", "partial", "linear-patch+lora"])
-def test_two_processes_match_one(inputs, recipe) -> None:
-    """Full weights from cached teacher targets, the blocks next to the cut, the patch then LoRA: DDP = one process."""
-    one = _heal(inputs, f"{recipe}-1", recipe, 1)
+@pytest.mark.parametrize(("recipe", "extra"), [("kd-full", ()), ("partial", ()), ("linear-patch+lora", ()),
+                                               ("kd-lora", ("--kd-top-k", "0"))], ids=["kd-full", "partial",
+                                               "linear-patch+lora", "kd-lora-online-teacher"])  # fmt: skip
+def test_two_processes_match_one(inputs, recipe, extra) -> None:
+    """Full weights from cached teacher targets, the blocks next to the cut, the patch then LoRA, and LoRA
+    distilled from a teacher co-located in every process: DDP ends where one process does."""
+    name = f"{recipe}{'-online' if extra else ''}"
+    one = _heal(inputs, f"{name}-1", recipe, 1, extra=extra)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _heal(inputs, f"{recipe}-2", recipe, 2)
+    two = _heal(inputs, f"{name}-2", recipe, 2, extra=extra)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stdout
-    _assert_same(_weights(inputs / f"{recipe}-2"), _weights(inputs / f"{recipe}-1"), _weights(inputs / "student"))
+    _assert_same(_weights(inputs / f"{name}-2"), _weights(inputs / f"{name}-1"), _weights(inputs / "student"))
 
 
 def test_killed_two_process_run_resumes(inputs) -> None:
