@@ -144,3 +144,17 @@ def test_selection_context_stream_store(plain, dispatched, calib) -> None:
     assert keys["got"] == keys["ref"] and keys["ref"]  # the setting enters no cache key
     with pytest.raises(ValueError, match="stream_store"):
         SelectionContext(model=plain, calib=calib, stream_store="nvme")
+
+
+def test_similarity_token_chunks_with_padding(plain, calib) -> None:
+    """Held off the device, the states come back a token slice at a time: padding and each row's last
+    real token (left or right padded) are found in whichever slice holds them."""
+    mask = torch.ones_like(calib)
+    mask[0, :5] = 0  # left padding
+    mask[1, -7:] = 0  # right padding: its last real token is in an early slice
+    mask[2, -1] = 0
+    ref = layer_similarity(plain, calib, mask, batch_size=4)
+    got = layer_similarity(plain, calib, mask, batch_size=4, stream_store="cpu")
+    assert (got.n_tokens, got.n_sequences) == (ref.n_tokens, ref.n_sequences) == (int(mask.sum()), len(calib))
+    for field in ("cosine", "angular_all", "angular_last"):
+        _close(getattr(got, field), getattr(ref, field))
