@@ -97,11 +97,12 @@ def test_ablation_scan_offloaded(plain, dispatched, cpu_offloaded, calib, granul
             _close(got.kl, ref.kl)
 
 
-def test_searches_offloaded(plain, dispatched, calib) -> None:
-    for granularity in ("layer", "sublayer"):
+def test_searches_offloaded(plain, dispatched, cpu_offloaded, calib) -> None:
+    """Greedy (bounded: the LM-head shortlist, read through the hook where the head is offloaded too), swap, part-swap."""
+    for granularity, model in (("layer", dispatched), ("sublayer", dispatched), ("layer", cpu_offloaded)):
         ref = greedy_removal(plain, calib, 2, granularity, batch_size=4, bound_vocab=32)
-        got = greedy_removal(dispatched, calib, 2, granularity, batch_size=4, bound_vocab=32, stream_store="disk")
-        assert got.order == ref.order and got.evaluated == ref.evaluated
+        got = greedy_removal(model, calib, 2, granularity, batch_size=4, bound_vocab=32, stream_store="disk")
+        assert got.order == ref.order and got.evaluated == ref.evaluated and got.abandoned == ref.abandoned
         _close(np.array(got.nll), np.array(ref.nll))
     ref = swap_search(plain, calib, [0, 5], batch_size=4, max_rounds=2)
     got = swap_search(dispatched, calib, [0, 5], batch_size=4, max_rounds=2, stream_store="cpu")

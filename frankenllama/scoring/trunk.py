@@ -24,6 +24,7 @@ padding), as ``frankenllama.data`` makes them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,9 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import align_module_device, has_offloaded_params
 from torch import nn
 from tqdm.auto import tqdm
-from accelerate.utils import align_module_device
 from transformers.masking_utils import create_causal_mask
 
 from frankenllama.loss import next_token_nll
@@ -177,7 +178,8 @@ class Trunk:
             tokens = torch.unique(torch.cat([targets, top]))
             where = torch.full((len(mass),), -1, dtype=torch.long, device=device)
             where[tokens] = torch.arange(len(tokens), device=device)
-            with align_module_device(head, device):  # an offloaded head's weights, loaded for this copy
+            # an offloaded head's weights, loaded by its hook for this copy (a head in memory is left alone: no retying)
+            with align_module_device(head) if has_offloaded_params(head) else contextlib.nullcontext():
                 bias = None if head.bias is None else head.bias[tokens].clone()
                 self._shortlist = (head.weight[tokens].contiguous(), bias, where)
         return self._shortlist
