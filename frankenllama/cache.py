@@ -78,10 +78,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+# ``dataclasses.field(..., metadata=NOT_IN_KEY)``: a config setting that changes where or how a result
+# is computed, never what (e.g. where cached residual streams wait): left out of ``to_jsonable``, so
+# it enters no cache key and a run with another value reads the same cached result.
+NOT_IN_KEY = {"cache_key": False}
+
+
 def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, paths, tuples, numpy and torch scalars → plain JSON values."""
+    """Dataclasses (less their ``NOT_IN_KEY`` fields), paths, tuples, numpy and torch scalars → plain JSON values."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.metadata.get("cache_key", True)}
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -159,3 +159,15 @@ def test_similarity_token_chunks_with_padding(plain, calib) -> None:
     assert (got.n_tokens, got.n_sequences) == (ref.n_tokens, ref.n_sequences) == (int(mask.sum()), len(calib))
     for field in ("cosine", "angular_all", "angular_last"):
         _close(getattr(got, field), getattr(ref, field))
+
+
+def test_stream_store_setting_enters_no_cache_key() -> None:
+    """The pruning stage's ``scoring.stream_store`` leaves every key as the default config's (fields as before)."""
+    from frankenllama.cache import config_key, to_jsonable
+    from frankenllama.stages.pruning import PruningConfig, ScoringConfig
+
+    disk = PruningConfig(scoring=ScoringConfig(stream_store="disk"))
+    assert config_key("pruning", disk) == config_key("pruning", PruningConfig())
+    assert set(to_jsonable(ScoringConfig())) == {"calib", "batch_size", "shortlist", "taylor_jackknife", "sublayer_blocks"}
+    with pytest.raises(ValueError, match="stream_store"):
+        ScoringConfig(stream_store="ssd")

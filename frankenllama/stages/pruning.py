@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 
 from frankenllama.budget import Budget, count_params, fit_budget, unit_params
-from frankenllama.cache import cached_arrays, cached_json, config_key, seed_everything
+from frankenllama.cache import NOT_IN_KEY, cached_arrays, cached_json, config_key, seed_everything
 from frankenllama.models import num_layers
 from frankenllama.scoring import SelectionContext, Trunk
 from frankenllama.selection import STRATEGIES, check_k, get_strategy, select_layers
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.stages.similarity import SimilarityConfig, similarity_stage
+from frankenllama.streams import check_place
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
 from frankenllama.units import describe, removal_mask
@@ -42,6 +43,9 @@ class ScoringConfig:
 
     ``shortlist``: after their first step the greedy searches (SLEB, BlockPruner) evaluate only the
     ``shortlist`` candidates that were best at the previous step (``None``: the exact search).
+    ``stream_store``: where the scan and searches keep cached residual streams (``"device"``,
+    ``"cpu"``, ``"disk"``; ``frankenllama.streams``), for models whose streams crowd the accelerator;
+    it does not change results and enters no cache key (``frankenllama.cache.NOT_IN_KEY``).
     """
 
     calib: DataConfig = field(default_factory=lambda: DataConfig(split="calib", n_blocks=8))
@@ -49,6 +53,7 @@ class ScoringConfig:
     shortlist: int | None = None
     taylor_jackknife: bool = True  # leave-one-out Taylor scores, for the study's interval
     sublayer_blocks: int | None = None  # sub-blocks (2L units) measured on the first this many blocks; None: all
+    stream_store: str = field(default="device", metadata=NOT_IN_KEY)
 
     def __post_init__(self) -> None:
         if self.calib.split != "calib":
@@ -57,6 +62,7 @@ class ScoringConfig:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         if self.shortlist is not None and self.shortlist < 1:
             raise ValueError(f"shortlist must be positive or None, got {self.shortlist}")
+        check_place(self.stream_store)
 
 
 @dataclass(frozen=True)
@@ -111,7 +117,8 @@ def scoring_context(config: PruningConfig) -> SelectionContext:
     return SelectionContext(similarity_stage(config.similarity), model, calib, batch_size=config.scoring.batch_size,
                        shortlist=config.scoring.shortlist, progress=True, greedy_steps=config.greedy_steps,
                        sublayer_blocks=config.scoring.sublayer_blocks, jackknife=config.scoring.taylor_jackknife,
-                       store=_disk_store(config.similarity.model, config.scoring, config.seed))
+                       store=_disk_store(config.similarity.model, config.scoring, config.seed),
+                       stream_store=config.scoring.stream_store)
 
 
 def check_ks(ks: tuple[int, ...], L: int) -> None:
