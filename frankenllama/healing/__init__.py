@@ -10,7 +10,8 @@ Modules: ``recipes`` (the registry, the methods and their papers, ``HealConfig``
 training-free ReplaceMe patch), ``teacher`` (cached teacher targets), ``trainer`` (the losses and
 one optimizer step), and ``heal``'s parts: ``validate`` (every check before any work),
 ``fingerprint`` (what identifies a run), ``loop`` (batch order, training loop), ``checkpoint``
-(pickle-free resume), ``save`` (the variant folder), ``pipeline`` (``heal`` itself); ``compare``
+(pickle-free resume), ``save`` (the variant folder), ``pipeline`` (``heal`` itself), ``launch``
+(the script ``accelerate launch`` runs: ``heal`` data-parallel over processes); ``compare``
 runs several recipes alike and ``report`` gives the recovery table. Notebook 03's stage is
 ``frankenllama.stages.healing``; its figures are ``frankenllama.figures.healing``.
 """
