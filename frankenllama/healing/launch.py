@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: none)")
     parser.add_argument("--checkpoint-dir", type=Path, help="default: hidden beside --out")
     parser.add_argument("--cache-dir", type=Path, help="cache folder (teacher targets); default data/cache")
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--dtype", default="auto", help="auto: float32 on the CPU, bfloat16 on a GPU (load_model)")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even with a GPU")
     return parser.parse_args(argv)
 
