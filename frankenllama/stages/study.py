@@ -120,7 +120,7 @@ def _choices(ctx: SelectionContext, scan: AblationScan, config: StudyConfig) -> 
                 sub = scan.subset(rows)
                 if searched:
                     sub_ctx = SelectionContext(sub.similarity(), ctx.model, ctx.calib[rows], batch_size=ctx.batch_size,
-                                          shortlist=ctx.shortlist, scans=[sub], greedy_steps=max(config.ks))
+                                          shortlist=ctx.shortlist, scans=[sub], greedy_steps=max(config.ks), **ctx.streams)
                 else:
                     sub_ctx = SelectionContext(scans=[sub])
                 if spec.nested:
