@@ -51,7 +51,7 @@ def test_comparison_table_columns():
     table = comparison_table(STAGE)
     assert table.index.name == "model" and list(table.index) == [BASELINE, "pruned"]
     assert list(table.columns) == [
-        "arc_easy", "piqa", "average", "retained_%", "layers", "perplexity", "kl", "top1_%", "params_M",
+        "arc_easy", "piqa", "average", "retained_%", "layers", "ppl_in_domain", "ppl_out_of_domain", "kl", "top1_%", "params_M",
         "size_bf16_MB", "decode_b1_x", "prefill_b1_x", "ideal_x", "decode_ms_b1",  # speed columns in the speed table's order
     ]  # fmt: skip
     assert table.loc["pruned", "top1_%"] == pytest.approx(60.0)
