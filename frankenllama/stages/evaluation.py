@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from frankenllama.eval.tasks import DEFAULT_TASKS
 from frankenllama.eval.zero_shot import TaskEvalConfig, evaluate_tasks
 from frankenllama.models import DEFAULT_MODEL, decoder_layers, load_model, model_folder
 from frankenllama.stages.common import shared_model
+from frankenllama.stages.pruning import best_selection
 from frankenllama.variants import META_FILE, VariantInfo, list_variants
 
 # what computes the cached results: the measurements, the data and model loading, and this module
@@ -263,27 +264,38 @@ def _item_arrays(result: dict[str, Any], metric: str) -> tuple[np.ndarray, np.nd
     return np.asarray(values, dtype=np.float64), np.asarray(ids), np.asarray(groups)
 
 
+def _scale(metric: str) -> float:
+    """Accuracy-type metrics are reported in points (× 100), bits per byte as they are."""
+    if metric not in PAIRED_METRICS:
+        raise ValueError(f"metric must be one of {PAIRED_METRICS}, got {metric!r}")
+    return 1.0 if metric == "gold_bpb" else 100.0
+
+
+def _aligned(stage: dict[str, Any], name: str, metric: str, baseline: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-item ``metric`` of model ``name`` and of ``baseline`` on the same items, and the items' tasks."""
+    y, ids, groups = _item_arrays(stage["results"][baseline], metric)
+    x, x_ids, x_groups = _item_arrays(stage["results"][name], metric)
+    if not (np.array_equal(ids, x_ids) and np.array_equal(groups, x_groups)):
+        raise ValueError(f"{name!r} was scored on other items than {baseline!r}; evaluate both with one config")
+    return x, y, groups
+
+
 def paired_table(
     stage: dict[str, Any], metric: str = "acc_norm", baseline: str = BASELINE, n_boot: int = 2000, seed: int = 0
 ) -> pd.DataFrame:
     """Every model against ``baseline`` on the same items: the task-average ``metric`` difference.
 
     Columns: ``diff`` (model − baseline, macro mean over tasks), ``low`` / ``high`` (95 % paired
-    bootstrap interval, items resampled within tasks), ``significant`` (interval excludes 0),
+    bootstrap interval, items resampled within tasks) and its ``half_width``, ``significant`` (interval excludes 0),
     ``retained_%`` with its interval, and for 0/1 metrics the exact McNemar ``p_value`` over all
     items (``frankenllama.eval.paired``). Accuracy-type metrics are in points (× 100).
     """
-    if metric not in PAIRED_METRICS:
-        raise ValueError(f"metric must be one of {PAIRED_METRICS}, got {metric!r}")
-    scale = 100.0 if metric in ("acc", "acc_norm", "gold_prob", "gold_prob_norm") else 1.0
-    y, ids, groups = _item_arrays(stage["results"][baseline], metric)
+    scale = _scale(metric)
     rows = {}
-    for name, result in stage["results"].items():
-        x, x_ids, x_groups = _item_arrays(result, metric)
-        if not (np.array_equal(ids, x_ids) and np.array_equal(groups, x_groups)):
-            raise ValueError(f"{name!r} was scored on other items than {baseline!r}; evaluate both with one config")
+    for name in stage["results"]:
+        x, y, groups = _aligned(stage, name, metric, baseline)
         d = paired_difference(scale * x, scale * y, groups, n_boot, seed)
-        row = {"diff": d.diff, "low": d.low, "high": d.high, "significant": d.significant}
+        row = {"diff": d.diff, "low": d.low, "high": d.high, "half_width": d.half_width, "significant": d.significant}
         if d.mean_y > 0 and metric != "gold_bpb":
             r = retained(x, y, groups, n_boot, seed)
             row.update({"retained_%": r.percent, "retained_low": r.low, "retained_high": r.high})
@@ -329,3 +341,81 @@ def paired_perplexity_table(
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "model"
     return table
+
+
+def task_differences(
+    stage: dict[str, Any], variant: str, metric: str = "acc_norm", baseline: str = BASELINE, n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:  # fmt: skip
+    """``variant`` − ``baseline`` per task on the same items, with 95 % paired bootstrap intervals, and their macro average.
+
+    Rows: each task, then ``average`` (equal to ``paired_table``'s row). Columns ``diff``, ``low``,
+    ``high``, ``significant``, ``n`` (items). Units as in ``paired_table``.
+    """
+    scale = _scale(metric)
+    x, y, groups = _aligned(stage, variant, metric, baseline)
+    rows = {}
+    for task in dict.fromkeys(groups.tolist()):
+        pick = groups == task
+        d = paired_difference(scale * x[pick], scale * y[pick], None, n_boot, seed)
+        rows[task] = {"diff": d.diff, "low": d.low, "high": d.high, "significant": d.significant, "n": d.n}
+    d = paired_difference(scale * x, scale * y, groups, n_boot, seed)
+    rows["average"] = {"diff": d.diff, "low": d.low, "high": d.high, "significant": d.significant, "n": d.n}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "task"
+    return table
+
+
+HIGHER_IS_BETTER = {"acc": True, "acc_norm": True, "gold_prob": True, "gold_prob_norm": True, "gold_bpb": False}
+UNITS = {"acc": "points", "acc_norm": "points", "gold_prob": "points", "gold_prob_norm": "points", "gold_bpb": "bits/byte"}
+
+
+def paired_sentences(table: pd.DataFrame, metric: str, baseline: str = BASELINE) -> list[str]:
+    """One sentence per model of a ``paired_table``: its difference, interval, and whether the items support it.
+
+    A difference is called better or worse only when its 95 % interval excludes 0; otherwise the
+    sentence says the items cannot tell the model from ``baseline``.
+    """
+    sentences = []
+    for name, row in table.drop(index=baseline, errors="ignore").iterrows():
+        better = (row["diff"] > 0) == HIGHER_IS_BETTER[metric]
+        verdict = (f"{'better' if better else 'worse'} than {baseline} (the interval excludes 0)" if row["significant"]
+                   else f"not distinguishable from {baseline} on these items (the interval includes 0)")  # fmt: skip
+        extra = f"; McNemar p = {row['p_value']:.3g}" if "p_value" in row and pd.notna(row["p_value"]) else ""
+        sentences.append(f"{name}: {metric} {row['diff']:+.3g} {UNITS[metric]} [{row['low']:+.3g}, {row['high']:+.3g}], "
+                         f"{verdict}{extra}.")  # fmt: skip
+    return sentences
+
+
+def unhealed_variant(stage: dict[str, Any]) -> str | None:
+    """The pruned, unhealed variant the healed ones start from: the one notebook 02 saved as best at its k."""
+    return next((name for name, meta in stage["meta"].items() if meta.get("best_at_k")), None)
+
+
+def sizing_check(table: pd.DataFrame, unhealed: str, metric: str) -> dict[str, Any]:
+    """Is the item set large enough? The widest half-width of ``metric``'s paired intervals (over the
+    variants) against one third of the ``unhealed`` variant's loss on it, ``|diff|`` vs the original.
+
+    A recipe that wins back a third of the loss is visible only if the interval is at most that wide
+    (issue 11's sizing rule). Returns ``{"metric", "half_width", "loss", "limit", "ok"}``.
+    """
+    variants = table.drop(index=BASELINE, errors="ignore")
+    half, loss = float(variants["half_width"].max()), abs(float(table.loc[unhealed, "diff"]))
+    return {"metric": metric, "half_width": half, "loss": loss, "limit": loss / 3, "ok": half <= loss / 3}
+
+
+def study_variants(pruning: Any, heal_k: int, healing: Any) -> tuple[str, ...]:
+    """The variants the study compares: notebook 02's best whole-block cut at ``heal_k``, unhealed
+    (``prune-k{heal_k}-<strategy>``), and notebook 03's healed variants of that cut (``<prefix>-<recipe>``)."""
+    strategy, _ = best_selection(pruning, heal_k)  # runs (or reads) the cached pruning stage
+    healed = [f"{healing.variant_prefix}-{recipe}" for recipe in healing.recipes] if healing.variant_prefix else []
+    return (f"prune-k{heal_k}-{strategy}", *healed)
+
+
+def evaluation_config(profile: Any) -> EvaluationConfig:
+    """The evaluation config of a ``frankenllama.stages.profiles.Profile``: its own, with the variants set to
+    ``study_variants`` where the profile compares only those (``profile.study_variants_only``)."""
+    config = profile.evaluation
+    if not getattr(profile, "study_variants_only", False) or config.variants is not None:
+        return config
+    return replace(config, variants=study_variants(profile.pruning, profile.heal_k, profile.healing))
