@@ -57,11 +57,6 @@ def nll_ppl(nll: list[float] | None) -> float | None:
     return None if nll is None else math.exp(sum(nll) / len(nll))
 
 
-def eval_ppl(model: torch.nn.Module, blocks: torch.Tensor | None, batch_size: int) -> float | None:
-    """Perplexity of ``model`` on ``(N, T)`` eval ``blocks`` in eval mode (``None`` without blocks); keeps its mode."""
-    return nll_ppl(eval_nll(model, blocks, batch_size))
-
-
 @dataclass(frozen=True)
 class HeldOut:
     """The held-out blocks a run is evaluated on: in-domain ``blocks`` and, optionally, out-of-domain ``ood``.
