@@ -120,7 +120,7 @@ ppl = {d: paired_perplexity_table(stage, d) if d == "in" or config.ood_corpus el
 ppl_all = pd.concat({d: t for d, t in ppl.items() if t is not None}, names=["domain"]).reset_index()
 write_table(ppl_all, out, "paired_perplexity", caption=f"Perplexity and its ratio to the original's on the same "
             f"{config.ppl_blocks} blocks of {config.block_len} tokens ({domains}); 95 % paired bootstrap interval over blocks.")
-for line in (f"{r.model} ({r.domain}-domain): perplexity {r.ppl:.2f} = {r.ppl_ratio:.2f}× the original's "
+for line in (f"{r.model} ({'in-domain' if r.domain == 'in' else 'out-of-domain'}): perplexity {r.ppl:.2f} = {r.ppl_ratio:.2f}× the original's "
              f"[{r.ratio_low:.2f}, {r.ratio_high:.2f}]" + ("" if r.significant else ", not distinguishable from 1")
              for r in ppl_all.itertuples() if r.model != BASELINE):
     print(line)
@@ -144,7 +144,8 @@ else:
 # ## Accuracy and perplexity against size and latency
 # The dashed line joins the Pareto front: no other model is both smaller (or faster) and more accurate.
 # Error bars: 95 % paired intervals of each variant's difference to the original (accuracy, over items)
-# and of its perplexity ratio (over blocks), in domain and out of domain.
+# and of its perplexity ratio (over blocks), in domain and out of domain. Variants of the same size are
+# drawn a few points apart sideways so that their bars stay apart (their x values are all the same).
 
 # %%
 fig = pareto_figure(table, out, paired=paired_table(stage, metric), ppl=ppl, metric=metric)

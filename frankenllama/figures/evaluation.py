@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.transforms import ScaledTranslation
 
 from frankenllama.eval.tasks import TASKS
 from frankenllama.figures.explorer import explorer
@@ -32,14 +33,22 @@ def _pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def _points(ax: plt.Axes, x: pd.Series, y: pd.Series, yerr: pd.DataFrame | None) -> None:
-    """Every model as a point (the original as a black star), with ``yerr`` rows ``(below, above)`` as error bars."""
-    for i, model in enumerate(m for m in y.index if m != BASELINE):
+    """Every model as a point (the original as a black star), with ``yerr`` rows ``(below, above)`` as error bars.
+
+    Variants of one size (pruned and healed alike) are drawn 4 points apart sideways (a display offset,
+    not a change of their x value), so their error bars do not hide one another."""
+    variants = [m for m in y.index if m != BASELINE]
+    for i, model in enumerate(variants):
         err = None if yerr is None or model not in yerr.index else yerr.loc[[model]].to_numpy().T  # (2, 1)
         style = series_style(i, "scatter")
-        ax.errorbar(x[model], y[model], yerr=err, fmt=style.pop("marker"), ms=5, capsize=2, lw=1, zorder=3, label=model,
+        shift = ScaledTranslation(4 / 72 * (i - (len(variants) - 1) / 2), 0, ax.figure.dpi_scale_trans)
+        low, high = (0.0, 0.0) if err is None else (float(err[0, 0]), float(err[1, 0]))
+        ax.update_datalim([(x[model], y[model] - low), (x[model], y[model] + high)])  # the shifted artist does not
+        ax.errorbar(x[model], y[model], yerr=err, transform=ax.transData + shift, fmt=style.pop("marker"), ms=5, capsize=2, lw=1, zorder=3, label=model,
                     **style)  # fmt: skip
     if BASELINE in y.index:
         ax.scatter(x[BASELINE], y[BASELINE], color=PALETTE[-1], marker="*", s=60, zorder=4, label=BASELINE)
+    ax.autoscale_view()
 
 
 def _ppl_errors(ppl: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
