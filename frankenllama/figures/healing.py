@@ -56,8 +56,9 @@ def plot_ppl_vs_tokens(results: Sequence[HealResult], reference_ppl: float, unhe
     fig, axes = plt.subplots(1, len(levels), figsize=(COLUMN_WIDTH * len(levels), 2.6), squeeze=False)
     for ax, (key, level) in zip(axes[0], levels.items()):
         _ppl_panel(ax, results, key, level)
-    axes[0][0].legend(fontsize="x-small", ncol=2)
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize="x-small")  # below, off the curves
     return fig
 
 
