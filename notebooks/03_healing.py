@@ -96,7 +96,7 @@ for r in table.to_dict("records"):
         if f"gap recovered NLL % ({domain})" in r:
             share, low, high = (r[f"{c} ({domain})"] for c in ("gap recovered NLL %", "NLL low", "NLL high"))
             verdict = ("won back part of the gap" if low > 0 else "lost ground" if high < 0
-                       else "no change it can tell from zero" if low == low else "no interval (no gap on these blocks)")
+                       else "its interval includes 0: not a real change" if low == low else "no interval (no gap on these blocks)")
             said.append(f"{label} {share:.0f} % of the NLL gap, 95 % [{low:.0f}, {high:.0f}]: {verdict}")
     print(f"{r['recipe']}: " + "; ".join(said))
 
