@@ -47,7 +47,11 @@ class UnknownProfileError(KeyError):
 
 @dataclass(frozen=True)
 class Profile:
-    """Every stage config of one named profile; ``heal_k`` is the k whose best cut the later notebooks heal."""
+    """Every stage config of one named profile; ``heal_k`` is the k whose best cut the later notebooks heal.
+
+    ``study_variants_only``: notebook 04 compares the original with the study's variants only (the
+    unhealed best cut at ``heal_k`` and its healed variants; ``stages.evaluation.evaluation_config``).
+    """
 
     name: str
     similarity: SimilarityConfig
@@ -56,6 +60,7 @@ class Profile:
     heal_k: int
     healing: HealingStageConfig
     evaluation: EvaluationConfig
+    study_variants_only: bool = False
 
     @property
     def model(self) -> str:
@@ -75,9 +80,13 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         heal_k=HEAL_K,
         # 8k tokens per recipe (8 steps of 4 x 256): what the 30-minute pipeline leaves notebook 03
         healing=dict(tokens=8192, block_len=256, batch_size=4, eval_every=4, eval_blocks=8, patch_tokens=8192),
-        evaluation=dict(tasks=DEFAULT_TASKS, limit=20, block_len=256, ppl_blocks=8, fidelity_blocks=4,
-                        speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1), max_new_tokens=40,
-                        variant_prefix="", exclude_prefix="smoke-", max_variants=None),
+        # fewer variants (the study's: study_variants_only) with more items, the same items for every model:
+        # 150 per task of three tasks, sized so the continuous metrics' paired intervals resolve a third of
+        # the unhealed model's loss (notebook 04 checks it); 16 blocks of each text domain for perplexity
+        evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=150, block_len=256, ppl_blocks=16,
+                        fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1),
+                        max_new_tokens=40, variant_prefix="", exclude_prefix="smoke-", max_variants=None,
+                        study_variants_only=True),
     ),
     "smoke": dict(
         calib=(64, 4), score=(64, 2, 2), eval=(64, 2), ks=(0, 1, 2),
@@ -152,5 +161,6 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     healing = _apply(HealingStageConfig(model=model, corpus=corpus, **s["healing"]), "healing", overrides)
     e = dict(s["evaluation"])
     tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
+    study_only = e.pop("study_variants_only", False)
     evaluation = _apply(EvaluationConfig(model=model, tasks=tasks, corpus=corpus, **e), "evaluation", overrides)
-    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation)
+    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, study_only)
