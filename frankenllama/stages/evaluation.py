@@ -56,8 +56,9 @@ class EvaluationConfig:
         speed: how prefill / decode are timed.
         prompts: prompts of the side-by-side greedy generations; ``max_new_tokens`` each.
         variant_prefix: only variants whose name starts with it (``""``: all) ...
-        exclude_prefix: ... and does not start with this one (``None``: keep all; the default
-            leaves out the smoke profile's ``smoke-*`` variants) ...
+        exclude_prefix: ... and does not start with this one or any of these (``None``: keep all; the
+            default leaves out the smoke profile's ``smoke-*`` variants; the profiles also leave out
+            notebook 05's ``recipe-*``) ...
         max_variants: ... at most this many, in name order (``None``: all).
         seed: set at the stage's entry.
     """
@@ -72,12 +73,14 @@ class EvaluationConfig:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS[:3]
     max_new_tokens: int = 40
     variant_prefix: str = ""
-    exclude_prefix: str | None = "smoke-"
+    exclude_prefix: str | tuple[str, ...] | None = "smoke-"
     max_variants: int | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
+        if isinstance(self.exclude_prefix, list):
+            object.__setattr__(self, "exclude_prefix", tuple(self.exclude_prefix))
         if self.block_len < 2 or self.ppl_blocks < 1 or self.fidelity_blocks < 1:
             raise ValueError("block_len must be >= 2 and ppl_blocks, fidelity_blocks >= 1")
         if self.max_variants is not None and self.max_variants < 0:

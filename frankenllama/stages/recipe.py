@@ -1,0 +1,388 @@
+"""Notebook 05's stage: the FrankenLLaMA recipe against the peers' complete pipelines, at equal size and budget.
+
+A *pipeline* is a selection strategy (``frankenllama.selection``) followed by a healing recipe
+(``frankenllama.healing``). Each peer is run as its paper describes it, on the same model, at the
+same parameter count and with the same training-token budget:
+
+* ``shortgpt`` — Block Influence, then LoRA (ShortGPT, Men et al. 2024, arXiv:2403.03853);
+* ``gromov`` — the contiguous run of blocks whose input and output are closest in angular
+  distance (last token), then LoRA on the MLPs only (Gromov et al. 2024, arXiv:2403.17887);
+* ``sleb`` — SLEB's iterative greedy removal, no healing (Song et al. 2024, arXiv:2402.09025);
+* ``replaceme`` — the contiguous run closest in cosine distance over all tokens (the angular distance
+  ``arccos(cos)/π`` is monotone in it, so the argmin is the same: ``"angular-block-all"``), then the
+  training-free least-squares patch (ReplaceMe, Shopkhoev et al. 2025, arXiv:2505.02819);
+* ``lu`` — reverse-order removal, then fine-tuning of the last ``3`` blocks and the LM head (Lu et al.
+  2024, "Reassessing Layer Pruning in LLMs", arXiv:2411.15558, partial-layer fine-tuning);
+* ``frankenllama`` — the workbook's recipe, ``RecipeStudyConfig.ours`` = ``(strategy, recipe)``.
+
+"Equal size": at ``k`` blocks' worth, layer strategies remove k blocks and sub-layer strategies
+remove sub-blocks until the model is no larger (``frankenllama.budget.fit_budget``, exactly as
+notebook 02's pruning curves do; the selections are read from that cached stage). "Equal budget":
+every trained pipeline sees the same training tokens (``healing.tokens``); calibration tokens of
+the training-free patch are forward passes only and are reported apart.
+
+Each pipeline's model is saved as variant ``<variant_prefix>-<percent>-<pipeline>`` (healed runs are
+cached by their fingerprint, so a re-run reads them). Perplexity is measured per eval block on two
+domains — in-domain (``wiki-leads`` eval split) and out-of-domain (``olmo-passages``, never used to
+calibrate or heal) — so that every model's ratio to the original carries a paired bootstrap
+interval over blocks; zero-shot items are scored by the evaluation stage (notebook 04's) and
+compared item by item (``frankenllama.stages.evaluation.paired_table``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from frankenllama.budget import count_params, unit_params
+from frankenllama.cache import cached_json, seed_everything, to_jsonable
+from frankenllama.data import load_corpus, token_blocks
+from frankenllama.eval.paired import paired_difference
+from frankenllama.eval.perplexity import token_nll
+from frankenllama.healing import heal
+from frankenllama.healing.patch import contiguous_runs
+from frankenllama.healing.recipes import parse_recipe
+from frankenllama.models import decoder_layers, load_model, num_layers
+from frankenllama.selection import get_strategy
+from frankenllama.stages.common import shared_model
+from frankenllama.stages.evaluation import BASELINE, EvaluationConfig, _identity, evaluation_stage, paired_table
+from frankenllama.stages.healing import HealingStageConfig
+from frankenllama.stages.pruning import PruningConfig, pruning_stage
+from frankenllama.sublayer import prune_sublayers
+from frankenllama.surgery import drop_layers, lineage, removed_layers
+from frankenllama.units import describe
+from frankenllama.variants import intact, list_variants, save_variant, variant_path
+
+# what computes the cached per-block perplexities
+CODE = ("frankenllama.eval.perplexity", "frankenllama.data", "frankenllama.models", "frankenllama.sublayer",
+        "frankenllama.stages.recipe")
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+OURS = "frankenllama"
+DOMAINS = {"in": "in-domain (wiki-leads eval)", "ood": "out-of-domain (olmo-passages)"}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A peer's complete pipeline: a selection strategy, a healing recipe (``None``: none) and its options."""
+
+    strategy: str
+    recipe: str | None
+    cite: str
+    heal: tuple[tuple[str, Any], ...] = ()  # HealConfig fields the peer sets (e.g. LoRA targets)
+
+    def __post_init__(self) -> None:
+        get_strategy(self.strategy)
+        if self.recipe is not None:
+            parse_recipe(self.recipe)
+
+
+PEERS: dict[str, Pipeline] = {
+    "shortgpt": Pipeline("block-influence", "lora", "ShortGPT, Men et al. 2024, arXiv:2403.03853"),
+    "gromov": Pipeline("angular-block", "lora", "Gromov et al. 2024, arXiv:2403.17887 (LoRA on the MLPs)",
+                       (("lora_targets", MLP_MODULES),)),
+    "sleb": Pipeline("sleb", None, "SLEB, Song et al. 2024, arXiv:2402.09025 (no healing)"),
+    "replaceme": Pipeline("angular-block-all", "linear-patch", "ReplaceMe, Shopkhoev et al. 2025, arXiv:2505.02819"),
+    "lu": Pipeline("reverse", "partial", "Lu et al. 2024, arXiv:2411.15558 (last 3 blocks + LM head)",
+                   (("partial_scope", "last"), ("partial_width", 3), ("partial_train_head", True))),
+}
+
+
+@dataclass(frozen=True)
+class RecipeStudyConfig:
+    """Notebook 05's settings; validated on construction.
+
+    Attributes:
+        pruning: notebook 02's config; its cached curves give every strategy's choice at each k.
+        healing: the shared healing settings (token budget, block length, batch, patch tokens,
+            distillation targets, seed); its ``recipes`` and ``variant_prefix`` are not used.
+        evaluation: the zero-shot settings (tasks, items); its variant selection is set per ratio.
+        ks: blocks' worth removed (3, 6, 9 of SmolLM2's 30 = 10, 20, 30 % of the decoder).
+        pipelines: ``PEERS`` keys and ``OURS``, in table order.
+        ours: the FrankenLLaMA recipe, ``(strategy, recipe)``.
+        ppl_blocks / ppl_block_len: eval blocks per domain for the paired perplexity.
+        ood_corpus: the out-of-domain corpus (eval-only).
+        zero_shot_ks: the ks whose models get the zero-shot evaluation (``None``: all).
+        variant_prefix: variants are ``<prefix>-<percent>-<pipeline>``.
+        n_boot: bootstrap resamples of every interval.
+    """
+
+    pruning: PruningConfig
+    healing: HealingStageConfig
+    evaluation: EvaluationConfig
+    ks: tuple[int, ...] = (3, 6, 9)
+    pipelines: tuple[str, ...] = (*PEERS, OURS)
+    ours: tuple[str, str] = ("part-swap", "linear-patch+kd-lora")
+    ppl_blocks: int = 8
+    ppl_block_len: int = 256
+    ood_corpus: str = "olmo-passages"
+    zero_shot_ks: tuple[int, ...] | None = None
+    variant_prefix: str = "recipe"
+    n_boot: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("ks", "pipelines", "ours"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.zero_shot_ks is not None:
+            object.__setattr__(self, "zero_shot_ks", tuple(self.zero_shot_ks))
+        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks):
+            raise ValueError(f"ks must be positive numbers of blocks' worth, got {self.ks}")
+        missing = [k for k in self.ks if k not in self.pruning.ks]
+        if missing:
+            raise ValueError(f"ks {missing} are not points of the pruning curves (pruning.ks = {self.pruning.ks}); "
+                             "add them to the pruning config (and to its sublayer_ks / search_ks)")
+        unknown = [p for p in self.pipelines if p not in PEERS and p != OURS]
+        if unknown or not self.pipelines or len(set(self.pipelines)) != len(self.pipelines):
+            raise ValueError(f"pipelines must be distinct names of {[*PEERS, OURS]}, got {self.pipelines}")
+        if len(self.ours) != 2:
+            raise ValueError(f"ours must be (strategy, recipe), e.g. ('part-swap', 'linear-patch+kd-lora'); got {self.ours}")
+        self.pipeline(OURS)  # validates the strategy and the recipe
+        if self.zero_shot_ks is not None and not set(self.zero_shot_ks) <= set(self.ks):
+            raise ValueError(f"zero_shot_ks {self.zero_shot_ks} must be among ks {self.ks}")
+        if self.ppl_blocks < 1 or self.ppl_block_len < 2 or self.n_boot < 100:
+            raise ValueError("need ppl_blocks >= 1, ppl_block_len >= 2 and n_boot >= 100")
+        variant_path(f"{self.variant_prefix}-10-{OURS}")  # validates the prefix
+
+    def pipeline(self, name: str) -> Pipeline:
+        """The pipeline called ``name``: a peer's, or the recipe of ``ours``."""
+        if name == OURS:
+            return Pipeline(self.ours[0], self.ours[1], "FrankenLLaMA (this workbook)")
+        return PEERS[name]
+
+    def zero_shot_at(self, k: int) -> bool:
+        return self.zero_shot_ks is None or k in self.zero_shot_ks
+
+
+def percent(k: int, layers: int) -> int:
+    """k blocks' worth as a whole percent of the decoder's parameters (blocks of equal size)."""
+    return round(100 * k / layers)
+
+
+def variant_name(config: RecipeStudyConfig, k: int, layers: int, pipeline: str) -> str:
+    return f"{config.variant_prefix}-{percent(k, layers)}-{pipeline}"
+
+
+def applied_recipe(recipe: str | None, student) -> tuple[str | None, tuple[int, ...] | None]:
+    """The recipe as it can run on ``student``, and the removed blocks its linear patch covers.
+
+    The ReplaceMe patch stands in for a run of *whole* removed blocks and folds into the MLP of the
+    block before it: a sub-layer choice that removed no whole block (or whose block before a run lost
+    its MLP) has no such run, and the patch step is dropped for it (recorded in the table).
+    """
+    if recipe is None or not parse_recipe(recipe)[0].name == "linear-patch":
+        return recipe, None
+    kept, blocks = lineage(student)["kept_layers"], decoder_layers(student)
+    runs = [r for r in contiguous_runs(removed_layers(student))
+            if r[0] > 0 and hasattr(blocks[kept.index(r[0] - 1)].mlp, "down_proj")]
+    if not runs:
+        rest = "+".join(s.name for s in parse_recipe(recipe)[1:])
+        return rest or None, None
+    return recipe, tuple(i for r in runs for i in r)
+
+
+def _selection(curves: pd.DataFrame, strategy: str, k: int) -> pd.Series:
+    rows = curves[(curves.strategy == strategy) & (curves.k == k)]
+    if rows.empty:
+        raise ValueError(f"the pruning curves have no {strategy!r} at k = {k}: add the strategy to pruning.strategies "
+                         "and k to its ks (sublayer_ks for sub-layer, search_ks for searching strategies)")
+    return rows.iloc[0]
+
+
+def run_pipeline(config: RecipeStudyConfig, name: str, k: int, curves: pd.DataFrame, data: dict) -> dict[str, Any]:
+    """Prune with ``name``'s strategy at k blocks' worth, heal with its recipe, save the variant; its row."""
+    teacher, tokenizer = shared_model(config.healing.model)
+    pipe, L = config.pipeline(name), num_layers(teacher)
+    row = _selection(curves, pipe.strategy, k)
+    select_s = float(curves[curves.strategy == pipe.strategy].select_seconds.max())  # all of the strategy's ks
+    layer_wise = get_strategy(pipe.strategy).granularity == "layer"
+    student = drop_layers(teacher, row.units) if layer_wise else prune_sublayers(teacher, row.units)
+    recipe, patched = applied_recipe(pipe.recipe, student)
+    variant = variant_name(config, k, L, name)
+    meta = {"study": "recipe", "pipeline": name, "k": k, "strategy": pipe.strategy, "recipe": recipe,
+            "removed_units": list(row.units), "removed_layers": list(row.layers), "base_model": config.healing.model}
+    if recipe is None:  # no healing: the pruned model itself, saved again only when the selection changed
+        if not (_saved_meta(variant) == to_jsonable(meta) and intact(variant_path(variant))):
+            save_variant(variant, student, tokenizer, meta, seed=config.seed)
+        heal_s, tokens, calib = 0.0, 0, 0
+    else:
+        base = dataclasses.replace(config.healing.heal_config(), recipe=recipe, eval_every=0, patch_layers=patched,
+                                   **dict(pipe.heal))
+        result = heal(student, tokenizer, base, train_blocks=data["train"], teacher=teacher, calib_blocks=data["calib"],
+                      eval_blocks=data["heal_eval"], out_dir=variant_path(variant), meta=meta)
+        heal_s, tokens, calib = result.wall_time_s, result.tokens_seen, result.calib_tokens
+        result.model = None
+    del student
+    return {"k": k, "percent": percent(k, L), "pipeline": name, "variant": variant, "strategy": pipe.strategy,
+            "recipe": recipe or "none", "removed": list(row.layers) if layer_wise else describe(row.units),
+            "params_M": row.num_params / 1e6, "train_tokens": tokens, "calib_tokens": calib,
+            "select_s": select_s, "heal_s": heal_s, "cite": pipe.cite}
+
+
+def _saved_meta(variant: str) -> dict | None:
+    found = [v.meta for v in list_variants() if v.name == variant]
+    return found[0] if found else None
+
+
+def block_nlls(config: RecipeStudyConfig, variant: str | None, corpus: str) -> list[float]:
+    """Mean next-token NLL (nats) of each eval block of ``corpus``, for the original (``None``) or a variant (cached)."""
+    info = None if variant is None else next(v for v in list_variants() if v.name == variant)
+    ident = _identity(info, config.evaluation)
+
+    def compute() -> list[float]:
+        reference, tokenizer = shared_model(config.evaluation.model)
+        model = reference if info is None else load_model(info.path)[0]
+        blocks = token_blocks(tokenizer, load_corpus(corpus, "eval"), config.ppl_block_len, max_blocks=config.ppl_blocks)
+        out = []
+        for b in blocks:  # (T,)
+            total, count = token_nll(model, b[None])
+            out.append(total / count)
+        return out
+
+    key = {"identity": ident, "corpus": corpus, "block_len": config.ppl_block_len, "blocks": config.ppl_blocks}
+    return [float(x) for x in cached_json("recipe-perplexity", key, compute, seed=config.seed, code=CODE)]
+
+
+@dataclass
+class RecipeStudy:
+    """What notebook 05 shows: one row per (k, pipeline), per-block NLLs per domain, zero-shot stages per k."""
+
+    config: RecipeStudyConfig
+    layers: int  # blocks of the original
+    decoder_params: int
+    params: int  # of the original
+    runs: pd.DataFrame
+    nlls: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # domain -> model ("original"/variant) -> per block
+    zero_shot: dict[int, dict[str, Any]] = field(default_factory=dict)  # k -> evaluation_stage result
+
+
+def recipe_stage(config: RecipeStudyConfig) -> RecipeStudy:
+    """Run every pipeline at every k (cached variants), then measure perplexity and zero-shot items."""
+    seed_everything(config.seed)
+    teacher, tokenizer = shared_model(config.healing.model)
+    curves = pruning_stage(config.pruning)
+    h = config.healing
+    data = {"train": h.data("train").blocks(tokenizer, teacher), "calib": h.data("calib").blocks(tokenizer, teacher),
+            "heal_eval": h.data("eval").blocks(tokenizer, teacher)}
+    rows = [run_pipeline(config, name, k, curves, data) for k in config.ks for name in config.pipelines]
+    runs = pd.DataFrame(rows)
+    runs["wall_s"] = runs.select_s + runs.heal_s
+    corpora = {"in": h.corpus, "ood": config.ood_corpus}
+    nlls = {d: {BASELINE: block_nlls(config, None, c), **{v: block_nlls(config, v, c) for v in runs.variant}}
+            for d, c in corpora.items()}
+    zero_shot = {}
+    for k in config.ks:
+        if config.zero_shot_at(k):
+            prefix = f"{config.variant_prefix}-{percent(k, num_layers(teacher))}-"
+            zero_shot[k] = evaluation_stage(dataclasses.replace(config.evaluation, variant_prefix=prefix,
+                                                                exclude_prefix=None, max_variants=None))
+    decoder = int(unit_params(teacher, "layer").sum())
+    return RecipeStudy(config, num_layers(teacher), decoder, count_params(teacher), runs, nlls, zero_shot)
+
+
+# --------------------------------------------------------------------------------------------------
+# the study's table and the text generated from it
+
+ZERO_SHOT = {"gold_bpb": "bpb", "acc_norm": "acc_norm"}  # paired zero-shot metrics and their column stems
+
+
+def _ratio(x: list[float], y: list[float], n_boot: int, seed: int) -> tuple[float, float, float]:
+    """Perplexity ratio exp(mean NLL_x − mean NLL_y) over paired blocks, with its 95 % bootstrap interval."""
+    d = paired_difference(x, y, None, n_boot, seed)
+    return math.exp(d.diff), math.exp(d.low), math.exp(d.high)
+
+
+def _ours(runs: pd.DataFrame, k: int) -> str | None:
+    found = runs[(runs.k == k) & (runs.pipeline == OURS)].variant
+    return found.iloc[0] if len(found) else None
+
+
+def study_table(study: RecipeStudy) -> pd.DataFrame:
+    """One row per (k, pipeline) plus the original: sizes, perplexity ratios and zero-shot differences, with intervals.
+
+    Perplexity (``ppl_in`` / ``ppl_ood``) and its ratio to the original (``*_x``) and to the
+    FrankenLLaMA recipe at the same k (``*_vs_ours_x``), each with ``_low`` / ``_high`` (95 % paired
+    bootstrap over eval blocks); zero-shot differences (``bpb``: gold answer bits per byte, lower is
+    better; ``acc_norm``: points) to the original and to the recipe, each with its interval
+    (items resampled within tasks); wall time (selection + healing, seconds).
+    """
+    c, runs = study.config, study.runs
+    rows = [{"percent": 0, "pipeline": BASELINE, "params_M": study.params / 1e6, "removed_%": 0.0,
+             **{f"ppl_{d}": math.exp(np.mean(study.nlls[d][BASELINE])) for d in DOMAINS}}]
+    for r in runs.itertuples():
+        row = {"percent": r.percent, "pipeline": r.pipeline, "strategy": r.strategy, "recipe": r.recipe,
+               "params_M": r.params_M, "removed_%": 100 * (study.params - 1e6 * r.params_M) / study.decoder_params}
+        ours = _ours(runs, r.k)
+        for d in DOMAINS:
+            mine = study.nlls[d][r.variant]
+            row[f"ppl_{d}"] = math.exp(np.mean(mine))
+            row[f"ppl_{d}_x"], row[f"ppl_{d}_low"], row[f"ppl_{d}_high"] = _ratio(mine, study.nlls[d][BASELINE], c.n_boot, c.seed)
+            if ours is not None and ours != r.variant:
+                vs = _ratio(mine, study.nlls[d][ours], c.n_boot, c.seed)
+                row[f"ppl_{d}_vs_ours_x"], row[f"ppl_{d}_vs_ours_low"], row[f"ppl_{d}_vs_ours_high"] = vs
+        row.update(_zero_shot(study, r.k, r.variant, ours))
+        row.update({"train_tokens": r.train_tokens, "select_s": r.select_s, "heal_s": r.heal_s, "wall_s": r.wall_s})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _zero_shot(study: RecipeStudy, k: int, variant: str, ours: str | None) -> dict[str, float]:
+    """Paired zero-shot differences of ``variant`` to the original and to ``ours`` (empty when not evaluated at k)."""
+    stage, c = study.zero_shot.get(k), study.config
+    if stage is None or variant not in stage["results"]:
+        return {}
+    out = {}
+    for metric, stem in ZERO_SHOT.items():
+        for vs, baseline in (("orig", BASELINE), ("ours", ours)):
+            if baseline is None or baseline == variant or baseline not in stage["results"]:
+                continue
+            t = paired_table(stage, metric, baseline, c.n_boot, c.seed).loc[variant]
+            out.update({f"{stem}_{vs}": t["diff"], f"{stem}_{vs}_low": t["low"], f"{stem}_{vs}_high": t["high"]})
+    return out
+
+
+def _verdict(low: float, high: float, null: float, better_low: bool) -> str | None:
+    """'better' / 'worse' when the interval excludes ``null`` (lower is better when ``better_low``), else None."""
+    if low <= null <= high:
+        return None
+    below = high < null
+    return "better" if below == better_low else "worse"
+
+
+def study_summary(table: pd.DataFrame) -> str:
+    """Markdown: at each removal ratio, how the FrankenLLaMA recipe compares with each peer, by the intervals only.
+
+    A peer "is beaten" on a measure only where the 95 % interval of the paired difference excludes
+    0 (ratio 1 for perplexity); otherwise the text says the difference is not resolved.
+    """
+    measures = [("ppl_ood_vs_ours", "out-of-domain perplexity", 1.0, "{:.2f}×"),
+                ("ppl_in_vs_ours", "in-domain perplexity", 1.0, "{:.2f}×"),
+                ("bpb_ours", "gold bits per byte", 0.0, "{:+.3f}"), ("acc_norm_ours", "acc_norm", 0.0, "{:+.1f} pts")]
+    lines = []
+    for pct, group in table[table.pipeline != BASELINE].groupby("percent"):
+        lines.append(f"**{pct} % of the decoder removed**")
+        for r in group[group.pipeline != OURS].itertuples():
+            wins, losses, open_ = [], [], []
+            for stem, label, null, fmt in measures:
+                value = getattr(r, f"{stem}_x" if stem.startswith("ppl") else stem, np.nan)
+                if value is None or (isinstance(value, float) and math.isnan(value)):
+                    continue
+                low, high = getattr(r, f"{stem}_low"), getattr(r, f"{stem}_high")
+                # every column is peer relative to ours: the peer is worse when its value is higher, except acc_norm
+                peer = _verdict(low, high, null, better_low=stem != "acc_norm_ours")
+                text = f"{label} {fmt.format(value)} [{fmt.format(low)}, {fmt.format(high)}]"
+                (open_ if peer is None else losses if peer == "better" else wins).append(text)
+            parts = []
+            if wins:
+                parts.append("the recipe beats it on " + "; ".join(wins))
+            if losses:
+                parts.append("it beats the recipe on " + "; ".join(losses))
+            if open_:
+                parts.append("not resolved (interval includes no difference): " + "; ".join(open_))
+            lines.append(f"* vs **{r.pipeline}** ({r.strategy} + {r.recipe}), {r.pipeline} relative to the recipe: "
+                         + "; ".join(parts) + ".")
+    return "\n".join(lines)
