@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+
+import matplotlib
+
+matplotlib.use("Agg")
 import random
 
 import numpy as np
@@ -18,6 +22,8 @@ import pandas as pd
 import pytest
 
 from frankenllama import paths
+from frankenllama.figures.explorer import EXPLORER_CLASS
+from frankenllama.figures.recipe import recipe_explorer, study_figure
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.eval.perplexity import token_nll
 from frankenllama.eval.zero_shot import TaskEvalConfig
@@ -98,6 +104,18 @@ def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook):
     assert row.ppl_in_x == pytest.approx(want) and row.ppl_in_low <= row.ppl_in_x <= row.ppl_in_high
     assert not pd.isna(row.bpb_orig) and pd.isna(table[(table.percent == 20) & (table.pipeline == "sleb")].iloc[0].get("bpb_orig"))
     assert table.iloc[0].pipeline == BASELINE and table.iloc[0].params_M > row.params_M
+
+    fig = study_figure(table, paths.CACHE_DIR / "figures")
+    assert (paths.CACHE_DIR / "figures" / "recipe_study.pdf").is_file() and len(fig.axes) == 4
+    box = recipe_explorer(table)
+    pick, ratios = box.children[0], box.children[1]
+    assert EXPLORER_CLASS in box._dom_classes and (pick.value, ratios.value) == (OURS, 40)
+    assert list(pick.options) == list(config.pipelines) and list(ratios.options) == [20, 40]
+    for pipeline in pick.options:  # every choice draws (the zero-shot panels say where nothing was measured)
+        pick.value = pipeline
+        for r in box.children[1].options:
+            box.children[1].value = r
+            assert not [o for o in box.children[-1].outputs if o.get("output_type") == "error"]
 
     again = recipe_stage(config)  # every healed variant is read back: the recorded healing time does not change
     assert again.runs.heal_s.tolist() == runs.heal_s.tolist()
