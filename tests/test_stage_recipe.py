@@ -9,6 +9,7 @@ call trains nothing; the generated text calls a difference real only where its i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -32,6 +33,7 @@ from frankenllama.models import load_model
 from frankenllama.stages import DataConfig, PruningConfig, ScoringConfig, SimilarityConfig, shared_model
 from frankenllama.stages.evaluation import BASELINE, EvaluationConfig
 from frankenllama.stages.healing import HealingStageConfig
+from frankenllama.stages.profiles import OURS_DEFAULT
 from frankenllama.stages.recipe import (OURS, PEERS, RecipeStudyConfig, applied_recipe, recipe_stage, study_summary,
                                         study_table)
 from frankenllama.sublayer import prune_sublayers
@@ -69,7 +71,8 @@ def workbook(tmp_path, monkeypatch):
     evaluation = EvaluationConfig(model=model, tasks=TaskEvalConfig((str(task),)), corpus=text, block_len=16, ppl_blocks=1,
                                   fidelity_blocks=1, speed=SpeedConfig((1,), 4, 2, 1, warmup=0, threads=1), prompts=(),
                                   max_new_tokens=1, exclude_prefix=None)  # fmt: skip
-    config = RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, ks=(1, 2), zero_shot_ks=(2,),
+    config = RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, ours=OURS_DEFAULT, ks=(1, 2),
+                               zero_shot_ks=(2,),
                                ppl_blocks=3, ppl_block_len=16, ood_corpus=text, variant_prefix="t-recipe", n_boot=200)  # fmt: skip
     yield config
     shared_model.cache_clear()
@@ -146,3 +149,17 @@ def test_the_summary_says_beats_only_where_the_interval_excludes_no_difference()
     assert "the recipe beats it on out-of-domain perplexity 1.30×" in shortgpt
     assert "not resolved" in shortgpt and "acc_norm -1.0 pts" in shortgpt.split("not resolved")[1]
     assert "it beats the recipe on out-of-domain perplexity 0.80×" in sleb and "the recipe beats" not in sleb
+
+
+def test_bad_settings_are_refused_with_the_fix(workbook):
+    config = workbook
+    with pytest.raises(ValueError, match="not points of the pruning curves"):
+        dataclasses.replace(config, ks=(3,))
+    with pytest.raises(ValueError, match="pipelines must be distinct names"):
+        dataclasses.replace(config, pipelines=("shortgpt", "minitron"))
+    with pytest.raises(KeyError, match="unknown strategy"):
+        dataclasses.replace(config, ours=("deepest-first", "lora"))
+    with pytest.raises(KeyError, match="unknown healing recipe"):
+        dataclasses.replace(config, ours=("sleb", "qlora"))
+    with pytest.raises(ValueError, match="zero_shot_ks"):
+        dataclasses.replace(config, zero_shot_ks=(3,))

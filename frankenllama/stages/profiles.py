@@ -180,7 +180,7 @@ def _recipe_config(settings: dict[str, Any], model: str, corpus: str, pruning: P
     healing = HealingStageConfig(model=model, corpus=corpus, variant_prefix=None, **r.pop("healing"))
     e = dict(r.pop("evaluation"))
     tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
-    evaluation = EvaluationConfig(model=model, tasks=tasks, corpus=corpus, block_len=64, ppl_blocks=1, fidelity_blocks=1,
-                                  speed=SpeedConfig((1,), 8, 2, 1, warmup=0, threads=1), prompts=(), max_new_tokens=1,
-                                  exclude_prefix=None)  # fmt: skip
+    speed = SpeedConfig((1,), 8, 2, 1, warmup=0, threads=1)  # the evaluation stage always times; keep it cheap
+    evaluation = EvaluationConfig(model=model, tasks=tasks, corpus=corpus, block_len=64, ppl_blocks=1,
+                                  fidelity_blocks=1, speed=speed, prompts=(), max_new_tokens=1, exclude_prefix=None)
     return RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, **r)

@@ -103,7 +103,7 @@ class RecipeStudyConfig:
         evaluation: the zero-shot settings (tasks, items); its variant selection is set per ratio.
         ks: blocks' worth removed (3, 6, 9 of SmolLM2's 30 = 10, 20, 30 % of the decoder).
         pipelines: ``PEERS`` keys and ``OURS``, in table order.
-        ours: the FrankenLLaMA recipe, ``(strategy, recipe)``.
+        ours: the FrankenLLaMA recipe, ``(strategy, recipe)`` (the profiles' ``OURS_DEFAULT``).
         ppl_blocks / ppl_block_len: eval blocks per domain for the paired perplexity.
         ood_corpus: the out-of-domain corpus (eval-only).
         zero_shot_ks: the ks whose models get the zero-shot evaluation (``None``: all).
@@ -114,9 +114,9 @@ class RecipeStudyConfig:
     pruning: PruningConfig
     healing: HealingStageConfig
     evaluation: EvaluationConfig
+    ours: tuple[str, str]  # set in one place: frankenllama.stages.profiles.OURS_DEFAULT
     ks: tuple[int, ...] = (3, 6, 9)
     pipelines: tuple[str, ...] = (*PEERS, OURS)
-    ours: tuple[str, str] = ("part-swap", "linear-patch+kd-lora")
     ppl_blocks: int = 8
     ppl_block_len: int = 256
     ood_corpus: str = "olmo-passages"
@@ -140,7 +140,8 @@ class RecipeStudyConfig:
         if unknown or not self.pipelines or len(set(self.pipelines)) != len(self.pipelines):
             raise ValueError(f"pipelines must be distinct names of {[*PEERS, OURS]}, got {self.pipelines}")
         if len(self.ours) != 2:
-            raise ValueError(f"ours must be (strategy, recipe), e.g. ('part-swap', 'linear-patch+kd-lora'); got {self.ours}")
+            raise ValueError(f"ours must be (strategy, recipe), e.g. ('part-swap', 'linear-patch+kd-lora'); "
+                             f"got {self.ours}")
         self.pipeline(OURS)  # validates the strategy and the recipe
         if self.zero_shot_ks is not None and not set(self.zero_shot_ks) <= set(self.ks):
             raise ValueError(f"zero_shot_ks {self.zero_shot_ks} must be among ks {self.ks}")
@@ -229,14 +230,15 @@ def _saved_meta(variant: str) -> dict | None:
 
 
 def block_nlls(config: RecipeStudyConfig, variant: str | None, corpus: str) -> list[float]:
-    """Mean next-token NLL (nats) of each eval block of ``corpus``, for the original (``None``) or a variant (cached)."""
+    """Mean next-token NLL (nats) of each eval block of ``corpus``: the original (``None``) or a variant (cached)."""
     info = None if variant is None else next(v for v in list_variants() if v.name == variant)
     ident = _identity(info, config.evaluation)
 
     def compute() -> list[float]:
         reference, tokenizer = shared_model(config.evaluation.model)
         model = reference if info is None else load_model(info.path)[0]
-        blocks = token_blocks(tokenizer, load_corpus(corpus, "eval"), config.ppl_block_len, max_blocks=config.ppl_blocks)
+        texts = load_corpus(corpus, "eval")
+        blocks = token_blocks(tokenizer, texts, config.ppl_block_len, max_blocks=config.ppl_blocks)  # (N, T)
         out = []
         for b in blocks:  # (T,)
             total, count = token_nll(model, b[None])
@@ -256,7 +258,7 @@ class RecipeStudy:
     decoder_params: int
     params: int  # of the original
     runs: pd.DataFrame
-    nlls: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # domain -> model ("original"/variant) -> per block
+    nlls: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # domain -> model -> NLL per block
     zero_shot: dict[int, dict[str, Any]] = field(default_factory=dict)  # k -> evaluation_stage result
 
 
@@ -320,7 +322,8 @@ def study_table(study: RecipeStudy) -> pd.DataFrame:
         for d in DOMAINS:
             mine = study.nlls[d][r.variant]
             row[f"ppl_{d}"] = math.exp(np.mean(mine))
-            row[f"ppl_{d}_x"], row[f"ppl_{d}_low"], row[f"ppl_{d}_high"] = _ratio(mine, study.nlls[d][BASELINE], c.n_boot, c.seed)
+            ratio = _ratio(mine, study.nlls[d][BASELINE], c.n_boot, c.seed)
+            row[f"ppl_{d}_x"], row[f"ppl_{d}_low"], row[f"ppl_{d}_high"] = ratio
             if ours is not None and ours != r.variant:
                 vs = _ratio(mine, study.nlls[d][ours], c.n_boot, c.seed)
                 row[f"ppl_{d}_vs_ours_x"], row[f"ppl_{d}_vs_ours_low"], row[f"ppl_{d}_vs_ours_high"] = vs
