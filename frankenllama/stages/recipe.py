@@ -388,4 +388,15 @@ def study_summary(table: pd.DataFrame) -> str:
                 parts.append("not resolved (interval includes no difference): " + "; ".join(open_))
             lines.append(f"* vs **{r.pipeline}** ({r.strategy} + {r.recipe}), {r.pipeline} relative to the recipe: "
                          + "; ".join(parts) + ".")
-    return "\n".join(lines)
+    return "\n".join(lines + [half_widths(table)])
+
+
+def half_widths(table: pd.DataFrame) -> str:
+    """The resolution reached: median half-width of each interval against the original, over the study's rows."""
+    parts = []
+    for stem, label, fmt in (("ppl_in", "in-domain PPL ratio", "{:.3f}"), ("ppl_ood", "out-of-domain PPL ratio", "{:.3f}"),
+                             ("bpb_orig", "gold bits per byte", "{:.4f}"), ("acc_norm_orig", "acc_norm (points)", "{:.1f}")):
+        if f"{stem}_low" in table and table[f"{stem}_low"].notna().any():
+            half = ((table[f"{stem}_high"] - table[f"{stem}_low"]) / 2).median()
+            parts.append(f"{label} ±{fmt.format(half)}")
+    return "\nMedian 95 % interval half-widths against the original: " + ", ".join(parts) + "." if parts else ""
