@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from frankenllama.figures.evaluation import _pareto_front
-from frankenllama.stages.evaluation import BASELINE, EvaluationConfig, accuracy_table, comparison_table
+from frankenllama.stages import evaluation as stage_module
+from frankenllama.stages.evaluation import (BASELINE, EvaluationConfig, accuracy_table, comparison_table, evaluation_config,
+                                            paired_sentences, sizing_check, unhealed_variant)
+from frankenllama.stages.profiles import build
 
 
 def task(acc: float, acc_norm: float) -> dict:
@@ -51,7 +55,7 @@ def test_comparison_table_columns():
     table = comparison_table(STAGE)
     assert table.index.name == "model" and list(table.index) == [BASELINE, "pruned"]
     assert list(table.columns) == [
-        "arc_easy", "piqa", "average", "retained_%", "layers", "perplexity", "kl", "top1_%", "params_M",
+        "arc_easy", "piqa", "average", "retained_%", "layers", "ppl_in_domain", "ppl_out_of_domain", "kl", "top1_%", "params_M",
         "size_bf16_MB", "decode_b1_x", "prefill_b1_x", "ideal_x", "decode_ms_b1",  # speed columns in the speed table's order
     ]  # fmt: skip
     assert table.loc["pruned", "top1_%"] == pytest.approx(60.0)
@@ -68,3 +72,40 @@ def test_config_validation():
         EvaluationConfig(ppl_blocks=0)
     with pytest.raises(ValueError):
         EvaluationConfig(max_variants=-1)
+
+
+def test_paired_sentences_call_a_difference_only_when_its_interval_excludes_zero():
+    table = pd.DataFrame({"diff": [0.0, 0.2, -0.05, 3.0], "low": [0.0, 0.1, -0.2, 1.0], "high": [0.0, 0.3, 0.1, 5.0],
+                          "significant": [False, True, False, True]},
+                         index=pd.Index([BASELINE, "pruned", "healed", "odd"], name="model"))  # fmt: skip
+    said = paired_sentences(table, "gold_bpb")
+    assert len(said) == 3  # the baseline is not compared with itself
+    assert said[0] == "pruned: gold_bpb +0.2 bits/byte [+0.1, +0.3], worse than original (the interval excludes 0)."
+    assert "not distinguishable from original" in said[1] and "better" not in said[1]
+    table["p_value"] = [1.0, 0.01, 0.5, 0.001]
+    assert paired_sentences(table, "acc_norm")[2] == "odd: acc_norm +3 points [+1, +5], better than original (the interval excludes 0); McNemar p = 0.001."
+
+
+def test_sizing_check_against_a_third_of_the_unhealed_loss():
+    table = pd.DataFrame({"diff": [0.0, 0.3, 0.1], "half_width": [0.0, 0.08, 0.12]}, index=[BASELINE, "prune-k6-x", "healed-lora"])
+    check = sizing_check(table, "prune-k6-x", "gold_bpb")
+    assert check == pytest.approx({"metric": "gold_bpb", "half_width": 0.12, "loss": 0.3, "limit": 0.1, "ok": False})
+    table.loc["healed-lora", "half_width"] = 0.09
+    assert sizing_check(table, "prune-k6-x", "gold_bpb")["ok"]
+    assert unhealed_variant({"meta": {BASELINE: {}, "healed-lora": {"kind": "healed"}, "prune-k6-x": {"best_at_k": True}}}) == "prune-k6-x"
+    assert unhealed_variant({"meta": {BASELINE: {}}}) is None
+
+
+def test_the_default_profile_compares_the_study_variants_with_more_items(monkeypatch):
+    monkeypatch.setattr(stage_module, "best_selection", lambda pruning, k: ("angular-block", [13, 14, 15, 16, 17, 18][:k]))
+    run = build("default")
+    config = evaluation_config(run)
+    assert config.tasks.tasks == ("arc_easy", "piqa", "hellaswag") and config.tasks.limit >= 150
+    assert config.variants == ("prune-k6-angular-block", *(f"healed-{r}" for r in run.healing.recipes))
+    assert config.ood_corpus == "olmo-passages"
+    thesis = build("thesis")
+    assert evaluation_config(thesis) is thesis.evaluation and thesis.evaluation.tasks.limit is None  # every item, every variant
+    smoke = build("smoke")
+    assert evaluation_config(smoke).variants is None and evaluation_config(smoke).variant_prefix == "smoke-"
+    fixed = build("default", overrides={"evaluation.variants": ["healed-lora"]})
+    assert evaluation_config(fixed).variants == ("healed-lora",)  # an explicit choice wins

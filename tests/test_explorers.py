@@ -20,9 +20,9 @@ import torch
 
 from frankenllama.figures import evaluation, explorer, healing, pruning, style
 from frankenllama.similarity import layer_similarity
-from frankenllama.stages.evaluation import BASELINE
+from frankenllama.eval.paired import paired_difference
+from frankenllama.stages.evaluation import BASELINE, paired_table
 from frankenllama.stages.pruning import best_strategies
-from test_evaluation import STAGE
 from tiny_lm import tiny_llama
 
 L = 6
@@ -126,45 +126,86 @@ def test_every_pair_of_the_pruning_explorer_draws_a_different_figure(sim):
     assert len(pngs) == 7
 
 
-def test_accuracy_differences_by_hand():
-    table = evaluation.accuracy_differences(STAGE, "pruned", "acc_norm")
-    assert list(table.index) == ["arc_easy", "piqa", "average"]
-    assert table.loc["arc_easy", "difference"] == pytest.approx(-25.0)
-    assert table.loc["piqa", "difference"] == pytest.approx(-35.0)
-    assert table.loc["average", "difference"] == pytest.approx(-30.0)
-    se = 100 * np.sqrt(0.1**2 + 0.1**2)  # both stderrs 0.1: unpaired
-    assert table.loc["piqa", "half_width"] == pytest.approx(1.96 * se)
-    assert table.loc["average", "half_width"] == pytest.approx(1.96 * np.sqrt(2 * se**2) / 2)
+def item_stage() -> dict:
+    """Two tasks of 40 items, the original and two variants, with every per-item metric (seeded)."""
+    rng = np.random.default_rng(0)
+    results = {}
+    for name, shift in ((BASELINE, 0.0), ("pruned", 0.25), ("healed", 0.1)):
+        tasks = {}
+        for task in ("arc_easy", "piqa"):
+            acc = (rng.random(40) > 0.4 + shift).astype(float)
+            items = [{"item": i, "acc": a, "acc_norm": a, "gold_bpb": 1.0 + shift + 0.3 * rng.random(),
+                      "gold_prob": 0.5, "gold_prob_norm": 0.6 - shift + 0.2 * rng.random()} for i, a in enumerate(acc)]
+            tasks[task] = {"n": 40, "acc": acc.mean(), "acc_norm": acc.mean(), "items": items}
+        results[name] = {"tasks": tasks}
+    return {"results": results, "meta": {BASELINE: {}, "pruned": {"best_at_k": True}, "healed": {"kind": "healed"}}}
 
 
-def test_difference_explorer_offers_each_variant_and_both_metrics():
-    box = evaluation.difference_explorer(STAGE, "acc")
+def test_task_differences_are_paired_per_task_and_average_as_the_paired_table():
+    stage = item_stage()
+    table = evaluation.task_differences(stage, "pruned", "gold_bpb", n_boot=500)
+    assert list(table.index) == ["arc_easy", "piqa", "average"] and table["n"].tolist() == [40, 40, 80]
+    for task in ("arc_easy", "piqa"):
+        x = [it["gold_bpb"] for it in stage["results"]["pruned"]["tasks"][task]["items"]]
+        y = [it["gold_bpb"] for it in stage["results"][BASELINE]["tasks"][task]["items"]]
+        d = paired_difference(x, y, n_boot=500)
+        assert (table.loc[task, "diff"], table.loc[task, "low"], table.loc[task, "high"]) == pytest.approx((d.diff, d.low, d.high))
+    macro = paired_table(stage, "gold_bpb", n_boot=500).loc["pruned"]
+    assert (table.loc["average", "diff"], table.loc["average", "low"]) == pytest.approx((macro["diff"], macro["low"]))
+    assert table.loc["average", "diff"] == pytest.approx(0.25, abs=0.1) and table.loc["average", "significant"]
+    assert evaluation.task_differences(stage, "pruned", "acc_norm").loc["arc_easy", "diff"] == pytest.approx(
+        100 * (stage["results"]["pruned"]["tasks"]["arc_easy"]["acc"] - stage["results"][BASELINE]["tasks"]["arc_easy"]["acc"]))
+
+
+def test_difference_explorer_offers_each_variant_and_three_paired_metrics():
+    stage = item_stage()
+    box = evaluation.difference_explorer(stage)
     pick, follow = controls(box)
-    assert list(pick.options) == ["pruned"] and list(follow.options) == ["acc", "acc_norm"] and follow.value == "acc"
-    assert "unpaired" in box.children[2].value
-    only = {"results": {BASELINE: STAGE["results"][BASELINE]}}
+    assert list(pick.options) == ["pruned", "healed"] and list(follow.options) == ["gold_bpb", "gold_prob_norm", "acc_norm"]
+    assert follow.value == "gold_bpb" and "paired bootstrap" in box.children[2].value
+    pngs = set()
+    for variant in ("pruned", "healed"):
+        for metric in ("gold_bpb", "gold_prob_norm", "acc_norm"):
+            fig = evaluation._difference_view(stage, variant, metric, width=6.0)
+            assert "95 % paired interval" in fig.axes[0].get_xlabel()
+            fig.canvas.draw()
+            pngs.add(bytes(np.asarray(fig.canvas.buffer_rgba())))
+            plt.close(fig)
+    assert len(pngs) == 6  # every choice draws its own view
+    only = {"results": {BASELINE: stage["results"][BASELINE]}}
     assert "No variants" in evaluation.difference_explorer(only).value
     plt.close("all")
 
 
-def heal_result(recipe: str, curve: list[tuple[int, float]], losses: list[tuple[int, float]]):
-    """A stand-in for ``HealResult`` with what the explorer reads."""
-    return SimpleNamespace(config=SimpleNamespace(recipe=recipe), curve=[{"tokens": t, "ppl": p} for t, p in curve],
-                           losses=[{"tokens": t, "ce": c} for t, c in losses])
+def heal_result(recipe: str, curve: list[tuple[int, float]], losses: list[tuple[int, float]], ood: float | None = 2.0):
+    """A stand-in for ``HealResult`` with what the explorer reads (out-of-domain perplexity ``ood`` × in-domain)."""
+    points = [{"tokens": t, "ppl": p, **({"ppl_ood": ood * p} if ood else {})} for t, p in curve]
+    return SimpleNamespace(config=SimpleNamespace(recipe=recipe), curve=points, losses=[{"tokens": t, "ce": c} for t, c in losses])
 
 
 def test_recipe_explorer_follows_each_recipes_evaluation_points():
     results = [heal_result("lora", [(0, 80.0), (512, 60.0), (1024, 50.0)], [(256, 4.0), (1024, 3.6)]),
                heal_result("patch", [(0, 70.0)], [])]
-    box = healing.recipe_explorer(results, 30.0, 80.0)
+    box = healing.recipe_explorer(results, 30.0, 80.0, 45.0, 160.0)
     pick, follow = controls(box)
     assert list(pick.options) == ["lora", "patch"] and pick.value == "lora"  # ends lowest: 50 < 70
     assert list(follow.options) == [0, 512, 1024] and follow.value == 1024
+    assert "out-of-domain text (an eval-only corpus" in box.children[2].value
     pick.value = "patch"
     follow = controls(box)[1]
     assert list(follow.options) == [0] and follow.value == 0
-    fig = healing._recipe_view(results, "lora", 512, 30.0, 80.0, width=6.0)
-    assert "eval PPL 60.00" in fig._suptitle.get_text()
+    levels = healing._domains(results, 30.0, 80.0, 45.0, 160.0)
+    assert levels == {"ppl": (30.0, 80.0), "ppl_ood": (45.0, 160.0)}
+    fig = healing._recipe_view(results, "lora", 512, levels, width=6.0)
+    assert "in-domain PPL 60.00, out-of-domain PPL 120.00" in fig._suptitle.get_text()
+    assert [ax.get_ylabel() for ax in fig.axes[1:]] == ["eval perplexity, in-domain", "eval perplexity, out-of-domain"]
     boxes = text_boxes(fig)
     assert not boxes["axes0.ylabel"].overlaps(boxes["axes1.ylabel"])
+    assert not boxes["axes1.ylabel"].overlaps(boxes["axes2.ylabel"])
+    # runs without out-of-domain points: the in-domain panel only, and the caption says so
+    plain = [heal_result("lora", [(0, 80.0), (512, 60.0)], [(512, 4.0)], ood=None)]
+    assert list(healing._domains(plain, 30.0, 80.0, 45.0, 160.0)) == ["ppl"]
+    assert "not measured" in healing.recipe_explorer(plain, 30.0, 80.0, 45.0, 160.0).children[2].value
+    assert len(healing.plot_ppl_vs_tokens(plain, 30.0, 80.0).axes) == 1
+    assert len(healing.plot_ppl_vs_tokens(results, 30.0, 80.0, 45.0, 160.0).axes) == 2
     plt.close("all")

@@ -38,6 +38,24 @@ STABILITY = pd.DataFrame(
 )  # fmt: skip
 
 
+PAIRED = pd.DataFrame({"diff": [0.0, -30.0], "low": [0.0, -36.0], "high": [0.0, -20.0]}, index=[BASELINE, "pruned"])
+PPL = {d: pd.DataFrame({"ppl": [20.0 * f, 40.0 * f], "ratio_low": [1.0, 1.8], "ratio_high": [1.0, 2.3]}, index=[BASELINE, "pruned"])
+       for d, f in (("in", 1.0), ("out", 1.5))}  # fmt: skip
+
+
+def test_pareto_error_bars_are_the_paired_intervals(tmp_path):
+    style.set_style()
+    fig = evaluation.pareto_figure(comparison_table(STAGE), tmp_path, "pareto_paired", PAIRED, PPL)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["average acc_norm (%)", "average acc_norm (%)",
+                                                    "perplexity, in-domain", "perplexity, out-of-domain"]  # fmt: skip
+    bars = fig.axes[0].containers[0]  # the pruned model's error bar: its average 30 % from 24 % to 40 %
+    segment = bars.lines[2][0].get_segments()[0]
+    assert segment[:, 1].tolist() == pytest.approx([30.0 - 6.0, 30.0 + 10.0])
+    ood = fig.axes[3].containers[0].lines[2][0].get_segments()[0]  # out of domain: 60 within 1.8–2.3 × 30
+    assert ood[:, 1].tolist() == pytest.approx([54.0, 69.0])
+    plt.close(fig)
+
+
 def figure_calls(sim):
     """(file stem, call writing it) for every figure function of every figure module."""
     table = comparison_table(STAGE)
@@ -51,6 +69,7 @@ def figure_calls(sim):
         ("selection_stability", lambda out: pruning.stability(STABILITY, out)),
         ("selection", lambda out: pruning.selection_view(sim, [2, 3], "sleb, k = 2", out_dir=out)),
         ("pareto_accuracy", lambda out: evaluation.pareto_figure(table, out)),
+        ("pareto_paired", lambda out: evaluation.pareto_figure(table, out, "pareto_paired", PAIRED, PPL)),
         ("task_retention", lambda out: evaluation.retention_figure(table, out)),
         ("only_baseline", lambda out: evaluation.retention_figure(table.loc[[BASELINE]], out, name="only_baseline")),
     ]

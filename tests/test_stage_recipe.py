@@ -68,12 +68,11 @@ def workbook(tmp_path, monkeypatch):
     )  # fmt: skip
     healing = HealingStageConfig(model=model, corpus=text, tokens=64, block_len=16, batch_size=2, eval_blocks=1,
                                  patch_tokens=64, kd_top_k=8, variant_prefix=None)  # fmt: skip
-    evaluation = EvaluationConfig(model=model, tasks=TaskEvalConfig((str(task),)), corpus=text, block_len=16, ppl_blocks=1,
-                                  fidelity_blocks=1, speed=SpeedConfig((1,), 4, 2, 1, warmup=0, threads=1), prompts=(),
+    evaluation = EvaluationConfig(model=model, tasks=TaskEvalConfig((str(task),)), corpus=text, ood_corpus=text,
+                                  block_len=16, ppl_blocks=3, fidelity_blocks=1, speed=SpeedConfig((1,), 4, 2, 1, warmup=0, threads=1), prompts=(),
                                   max_new_tokens=1, exclude_prefix=None)  # fmt: skip
     config = RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, ours=OURS_DEFAULT, ks=(1, 2),
-                               zero_shot_ks=(2,),
-                               ppl_blocks=3, ppl_block_len=16, ood_corpus=text, variant_prefix="t-recipe", n_boot=200)  # fmt: skip
+                               zero_shot_ks=(2,), variant_prefix="t-recipe", n_boot=200)  # fmt: skip
     yield config
     shared_model.cache_clear()
 
@@ -97,13 +96,16 @@ def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook):
     teacher, tokenizer = load_model(config.healing.model)
     sleb = runs.set_index(["k", "pipeline"]).loc[(2, "sleb")]
     pruned = drop_layers(teacher, sleb.removed)
-    blocks = token_blocks(tokenizer, load_corpus(config.healing.corpus, "eval"), config.ppl_block_len, max_blocks=3)
+    blocks = token_blocks(tokenizer, load_corpus(config.healing.corpus, "eval"), 16, max_blocks=3)
     direct = [token_nll(pruned, b[None])[0] / token_nll(pruned, b[None])[1] for b in blocks]
-    assert study.nlls["in"]["t-recipe-40-sleb"] == pytest.approx(direct, rel=1e-5)
+    nlls = {k: e["results"] for k, e in study.evaluations.items()}
+    assert nlls[2]["t-recipe-40-sleb"]["block_nll"] == pytest.approx(direct, rel=1e-5)
+    assert set(nlls[1]) == {BASELINE, *runs[runs.k == 1].variant}  # one evaluation per ratio, its variants only
+    assert nlls[1]["t-recipe-20-sleb"]["tasks"] == {} and nlls[2]["t-recipe-40-sleb"]["tasks"]  # zero-shot at k = 2
 
     table = study_table(study)
     row = table[(table.percent == 40) & (table.pipeline == "sleb")].iloc[0]
-    want = math.exp(np.mean(study.nlls["in"]["t-recipe-40-sleb"]) - np.mean(study.nlls["in"][BASELINE]))
+    want = math.exp(np.mean(nlls[2]["t-recipe-40-sleb"]["block_nll"]) - np.mean(nlls[2][BASELINE]["block_nll"]))
     assert row.ppl_in_x == pytest.approx(want) and row.ppl_in_low <= row.ppl_in_x <= row.ppl_in_high
     assert not pd.isna(row.bpb_orig) and pd.isna(table[(table.percent == 20) & (table.pipeline == "sleb")].iloc[0].get("bpb_orig"))
     assert table.iloc[0].pipeline == BASELINE and table.iloc[0].params_M > row.params_M
@@ -122,7 +124,7 @@ def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook):
 
     again = recipe_stage(config)  # every healed variant is read back: the recorded healing time does not change
     assert again.runs.heal_s.tolist() == runs.heal_s.tolist()
-    assert again.nlls == study.nlls
+    assert again.evaluations == study.evaluations
 
 
 def test_the_patch_is_dropped_where_no_whole_block_run_is_removed():

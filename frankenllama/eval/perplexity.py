@@ -35,6 +35,34 @@ def check_blocks(model: nn.Module, input_ids: torch.Tensor) -> None:
 
 
 @torch.inference_mode()
+def block_nll(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block sums of next-token negative log-likelihoods (nats, float64) and prediction counts, ``(N,)`` each.
+
+    The per-block values are what a paired comparison of two models resamples (the same blocks for
+    both, ``frankenllama.eval.paired``); ``token_nll`` is their total.
+    """
+    check_blocks(model, input_ids)
+    device = model_device(model)
+    sums, counts = [], []
+    for start in tqdm(range(0, len(input_ids), batch_size), desc="perplexity", disable=not progress, leave=False):
+        ids = input_ids[start : start + batch_size].to(device)  # (B, T)
+        mask = None if attention_mask is None else attention_mask[start : start + batch_size].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
+        # Not loss.next_token_nll: its flattened cross-entropy is closer to a float64 reference, but on
+        # SmolLM2 (V = 49,152) it moves this perplexity by 1.1e-4 relative, and a refactor keeps numbers.
+        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
+        valid = torch.ones_like(nll, dtype=torch.bool) if mask is None else mask[:, 1:].bool() & mask[:, :-1].bool()
+        sums.append(nll.masked_fill(~valid, 0.0).sum(dim=1).double().cpu())  # (B,)
+        counts.append(valid.sum(dim=1).cpu())  # (B,)
+    return torch.cat(sums), torch.cat(counts)
+
+
 def token_nll(
     model: nn.Module,
     input_ids: torch.Tensor,
@@ -43,24 +71,8 @@ def token_nll(
     progress: bool = False,
 ) -> tuple[float, int]:
     """Sum of next-token negative log-likelihoods (nats) over the blocks, and the number of predictions."""
-    check_blocks(model, input_ids)
-    device = model_device(model)
-    total, count = 0.0, 0
-    for start in tqdm(range(0, len(input_ids), batch_size), desc="perplexity", disable=not progress, leave=False):
-        ids = input_ids[start : start + batch_size].to(device)  # (B, T)
-        mask = None if attention_mask is None else attention_mask[start : start + batch_size].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()  # (B, T-1, V)
-        # Not loss.next_token_nll: its flattened cross-entropy is closer to a float64 reference, but on
-        # SmolLM2 (V = 49,152) it moves this perplexity by 1.1e-4 relative, and a refactor keeps numbers.
-        nll = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (B, T-1)
-        if mask is not None:
-            valid = mask[:, 1:].bool() & mask[:, :-1].bool()
-            nll, n = nll[valid], int(valid.sum())
-        else:
-            n = nll.numel()
-        total += float(nll.sum())
-        count += n
-    return total, count
+    sums, counts = block_nll(model, input_ids, attention_mask, batch_size, progress)
+    return float(sums.sum()), int(counts.sum())
 
 
 def mean_nll(model: nn.Module, input_ids: torch.Tensor, **kwargs) -> float:

@@ -1,7 +1,8 @@
-"""Figures of notebook 04 (the final comparison): accuracy against size and latency, per-task retention,
-and the explorer of per-task differences to the original (with intervals).
+"""Figures of notebook 04 (the final comparison): accuracy and perplexity (in and out of domain) against
+size and latency with paired intervals, per-task retention, and the explorer of per-task paired
+differences to the original (with intervals).
 
-Both read the comparison table of ``frankenllama.stages.evaluation.comparison_table`` (one row per
+The figures read the comparison table of ``frankenllama.stages.evaluation.comparison_table`` (one row per
 model, the unpruned one named ``BASELINE``) and save through ``frankenllama.figures.style.save_figure``.
 """
 
@@ -12,11 +13,12 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.transforms import ScaledTranslation
 
 from frankenllama.eval.tasks import TASKS
 from frankenllama.figures.explorer import explorer
 from frankenllama.figures.style import COLUMN_WIDTH, PALETTE, TEXT_WIDTH, save_figure, series_style
-from frankenllama.stages.evaluation import BASELINE
+from frankenllama.stages.evaluation import BASELINE, HIGHER_IS_BETTER, UNITS, task_differences
 
 
 def _pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -30,24 +32,63 @@ def _pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def pareto_figure(table: pd.DataFrame, out_dir: Path, name: str = "pareto_accuracy") -> plt.Figure:
-    """Average accuracy against parameters and against decode latency; the Pareto front joined."""
+def _points(ax: plt.Axes, x: pd.Series, y: pd.Series, yerr: pd.DataFrame | None) -> None:
+    """Every model as a point (the original as a black star), with ``yerr`` rows ``(below, above)`` as error bars.
+
+    Variants of one size (pruned and healed alike) are drawn 4 points apart sideways (a display offset,
+    not a change of their x value), so their error bars do not hide one another."""
+    variants = [m for m in y.index if m != BASELINE]
+    for i, model in enumerate(variants):
+        err = None if yerr is None or model not in yerr.index else yerr.loc[[model]].to_numpy().T  # (2, 1)
+        style = series_style(i, "scatter")
+        shift = ScaledTranslation(4 / 72 * (i - (len(variants) - 1) / 2), 0, ax.figure.dpi_scale_trans)
+        low, high = (0.0, 0.0) if err is None else (float(err[0, 0]), float(err[1, 0]))
+        ax.update_datalim([(x[model], y[model] - low), (x[model], y[model] + high)])  # the shifted artist does not
+        ax.errorbar(x[model], y[model], yerr=err, transform=ax.transData + shift, fmt=style.pop("marker"), ms=5, capsize=2, lw=1, zorder=3, label=model,
+                    **style)  # fmt: skip
+    if BASELINE in y.index:
+        ax.scatter(x[BASELINE], y[BASELINE], color=PALETTE[-1], marker="*", s=60, zorder=4, label=BASELINE)
+    ax.autoscale_view()
+
+
+def _ppl_errors(ppl: pd.DataFrame) -> tuple[pd.Series, pd.DataFrame]:
+    """Perplexity of each model and its 95 % interval (the paired ratio interval × the original's), as error bars."""
+    base = ppl.loc[BASELINE, "ppl"]
+    return ppl["ppl"], pd.DataFrame({"below": ppl["ppl"] - base * ppl["ratio_low"],
+                                     "above": base * ppl["ratio_high"] - ppl["ppl"]})  # fmt: skip
+
+
+def pareto_figure(table: pd.DataFrame, out_dir: Path, name: str = "pareto_accuracy", paired: pd.DataFrame | None = None,
+                  ppl: dict[str, pd.DataFrame] | None = None, metric: str = "acc_norm") -> plt.Figure:  # fmt: skip
+    """Average accuracy against parameters and against decode latency (the Pareto front joined), and
+    perplexity in and out of domain against parameters.
+
+    ``paired``: ``paired_table(stage, metric)``: error bars = the 95 % paired interval of each
+    variant's difference to the original, drawn around its average. ``ppl``: ``{"in": …, "out": …}``
+    of ``paired_perplexity_table``: a panel per domain with the paired ratio interval.
+    """
     panels = [("params_M", "parameters (M)"), ("decode_ms_b1", "decode latency, batch 1 (ms/token)")]
-    fig, axes = plt.subplots(1, 2, figsize=(TEXT_WIDTH, 2.8), sharey=True)
-    for ax, (col, label) in zip(axes, panels):
+    ppl = {d: t for d, t in (ppl or {}).items() if t is not None}
+    fig, axes = plt.subplots(1 + bool(ppl), 2, figsize=(TEXT_WIDTH, 2.8 * (1 + bool(ppl))), squeeze=False)
+    yerr = None if paired is None else pd.DataFrame({"below": paired["diff"] - paired["low"],
+                                                       "above": paired["high"] - paired["diff"]})  # fmt: skip
+    for ax, (col, label) in zip(axes[0], panels):
         data = table[[col, "average"]].dropna()
-        x, y = data[col].to_numpy(float), data["average"].to_numpy(float)
-        for i, (model, row) in enumerate(data.drop(index=BASELINE, errors="ignore").iterrows()):
-            ax.scatter(row[col], row["average"], s=28, zorder=3, label=model, **series_style(i, "scatter"))
-        if BASELINE in data.index:
-            ax.scatter(data.loc[BASELINE, col], data.loc[BASELINE, "average"], color=PALETTE[-1], marker="*", s=60,
-                       zorder=3, label=BASELINE)
+        _points(ax, data[col], data["average"], yerr)
         if len(data) > 1:
+            x, y = data[col].to_numpy(float), data["average"].to_numpy(float)
             front = _pareto_front(x, y)
             ax.plot(x[front], y[front], color="0.6", lw=1, zorder=2, ls="--")
         ax.set_xlabel(label)
-    axes[0].set_ylabel("average accuracy (%)")
-    handles, labels = axes[0].get_legend_handles_labels()
+        ax.set_ylabel(f"average {metric} (%)")
+    for ax, (domain, frame) in zip(axes[1] if ppl else [], ppl.items()):
+        y, err = _ppl_errors(frame)
+        _points(ax, table.loc[y.index, "params_M"], y, err)
+        ax.set_xlabel("parameters (M)")
+        ax.set_ylabel(f"perplexity, {'in-domain' if domain == 'in' else 'out-of-domain'}")
+    for ax in axes[1][len(ppl):] if ppl else []:
+        ax.set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(3, len(labels)), fontsize=7)
     fig.tight_layout()
     save_figure(fig, name, out_dir)
@@ -76,43 +117,34 @@ def retention_figure(table: pd.DataFrame, out_dir: Path, name: str = "task_reten
     return fig
 
 
-def accuracy_differences(stage: dict, variant: str, metric: str = "acc_norm", z: float = 1.96) -> pd.DataFrame:
-    """Per-task accuracy of ``variant`` minus the original's (points), with an unpaired ``z`` interval.
-
-    The half-width is ``z·sqrt(se_v² + se_o²)`` from each task's binomial standard error: the two
-    models are treated as independent samples because the evaluation stage stores no per-item
-    results yet, so the interval is wider than a paired one on the same items would be. The last
-    row is the mean over tasks, with the standard error of a mean of independent tasks.
-    """
-    ours, theirs = stage["results"][variant]["tasks"], stage["results"][BASELINE]["tasks"]
-    rows = [{"task": t, "difference": 100 * (ours[t][metric] - theirs[t][metric]),
-             "se": 100 * np.hypot(ours[t][f"{metric}_stderr"], theirs[t][f"{metric}_stderr"])} for t in theirs if t in ours]
-    table = pd.DataFrame(rows)
-    mean = {"task": "average", "difference": table.difference.mean(), "se": np.sqrt((table.se**2).sum()) / len(table)}
-    table = pd.concat([table, pd.DataFrame([mean])], ignore_index=True)
-    table["half_width"] = z * table.se.fillna(0.0)
-    return table.set_index("task")
-
-
 def _difference_view(stage: dict, variant: str, metric: str, width: float) -> plt.Figure:
-    """Points with 95 % intervals: ``variant`` − original accuracy per task and on average."""
-    table = accuracy_differences(stage, variant, metric)
+    """Points with 95 % paired intervals: ``variant`` − original per task and on (macro) average."""
+    table = task_differences(stage, variant, metric)
     fig, ax = plt.subplots(figsize=(width, 0.32 * len(table) + 1.3), layout="constrained")
     y = np.arange(len(table))[::-1]
+    err = np.vstack([table["diff"] - table["low"], table["high"] - table["diff"]])  # (2, rows)
     for rows, color in ((slice(None, -1), PALETTE[0]), (slice(-1, None), PALETTE[-1])):  # tasks, then their mean in black
-        ax.errorbar(table.difference[rows], y[rows], xerr=table.half_width[rows], fmt="o", color=color, ms=4, capsize=2.5, lw=1.2)
+        ax.errorbar(table["diff"][rows], y[rows], xerr=err[:, rows], fmt="o", color=color, ms=4, capsize=2.5, lw=1.2)
     ax.axvline(0, color="0.4", lw=0.8)
     ax.set_yticks(y, [TASKS[t].title if t in TASKS else t for t in table.index])
-    ax.set_xlabel(f"{metric} difference, {variant} − original (points, 95 % unpaired interval)")
-    ax.set_title(f"{variant} vs original ({metric}): average {table.difference.iloc[-1]:+.1f} ± "
-                 f"{table.half_width.iloc[-1]:.1f} points", fontsize="medium")
+    unit = UNITS[metric]
+    ax.set_xlabel(f"{metric}, {variant} − original ({unit}; 95 % paired interval; "
+                  f"{'higher' if HIGHER_IS_BETTER[metric] else 'lower'} is better)")  # fmt: skip
+    avg = table.iloc[-1]
+    verdict = "interval excludes 0" if avg["significant"] else "interval includes 0"
+    ax.set_title(f"{variant} vs original ({metric}): average {avg['diff']:+.3g} [{avg['low']:+.3g}, {avg['high']:+.3g}] "
+                 f"{unit}, {verdict}", fontsize="medium")  # fmt: skip
     return fig
 
 
-def difference_explorer(stage: dict, metric: str = "acc_norm", width: float = TEXT_WIDTH):
-    """An explorer over the cached evaluation: a variant, then the accuracy metric; its differences to the original.
+EXPLORER_METRICS = ("gold_bpb", "gold_prob_norm", "acc_norm")
 
-    Reads ``evaluation_stage``'s result only. With no variant in the store it shows a note instead.
+
+def difference_explorer(stage: dict, metric: str = "gold_bpb", width: float = TEXT_WIDTH):
+    """An explorer over the cached evaluation: a variant, then a metric; its paired differences to the original per task.
+
+    Reads ``evaluation_stage``'s per-item results only (``task_differences``: the same items for
+    both models, 95 % paired bootstrap intervals). With no variant in the store it shows a note instead.
     """
     import ipywidgets as widgets
 
@@ -120,8 +152,9 @@ def difference_explorer(stage: dict, metric: str = "acc_norm", width: float = TE
     if not variants:
         return widgets.HTML("No variants evaluated yet: run notebooks 02 and 03 first.")
     return explorer(
-        {v: ["acc", "acc_norm"] for v in variants}, lambda v, m: _difference_view(stage, v, m, width),
+        {v: list(EXPLORER_METRICS) for v in variants}, lambda v, m: _difference_view(stage, v, m, width),
         ("variant", "metric"), (variants[0], metric),
-        caption="Accuracy of the variant minus the original's, per task and on average, in points. Intervals: 95 %, "
-                "from each task's binomial standard error treating the two models as independent samples "
-                "(<b>unpaired</b>: no per-item results are stored yet, so they are wider than paired intervals).")
+        caption="The variant minus the original, per task and on average over tasks (black), on the <b>same items</b>: "
+                "bits per byte of the gold answer (gold_bpb, lower is better), the gold choice's probability normalised "
+                "over the choices (gold_prob_norm, points) and length-normalised accuracy (acc_norm, points). Intervals: "
+                "95 % paired bootstrap over items; a difference is real only where its interval excludes 0.")

@@ -31,6 +31,7 @@ def compare_recipes(
     train_blocks: torch.Tensor,
     eval_blocks: torch.Tensor,
     calib_blocks: torch.Tensor | None = None,
+    ood_blocks: torch.Tensor | None = None,
     lrs: dict[str, float] | None = None,
     variant_prefix: str | None = "healed",
     meta: dict[str, Any] | None = None,
@@ -41,6 +42,7 @@ def compare_recipes(
 
     Args:
         recipes: recipe strings (keys of ``RECIPES`` or compositions such as ``"linear-patch+lora"``).
+        ood_blocks: out-of-domain eval blocks, measured beside ``eval_blocks`` (``None``: in-domain only).
         base: the shared config; its ``recipe`` is replaced per run, and its ``lr`` by ``lrs[recipe]``
             where given (``lr=None`` means each recipe's own default).
         variant_prefix: each result is saved as variant ``<prefix>-<recipe>`` (``None`` → not saved);
@@ -53,7 +55,7 @@ def compare_recipes(
         out_dir: Path | None = variant_path(f"{variant_prefix}-{recipe}") if variant_prefix else None
         result = heal(
             student, tokenizer, config, train_blocks=train_blocks, teacher=teacher, calib_blocks=calib_blocks,
-            eval_blocks=eval_blocks, out_dir=out_dir, meta=meta, progress=progress,
+            eval_blocks=eval_blocks, ood_blocks=ood_blocks, out_dir=out_dir, meta=meta, progress=progress,
         )  # fmt: skip
         if not keep_models:
             result.model = None

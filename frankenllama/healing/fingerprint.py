@@ -46,13 +46,17 @@ def input_digests(
     train_blocks: torch.Tensor | None,
     calib_blocks: torch.Tensor | None,
     eval_blocks: torch.Tensor | None,
+    ood_blocks: torch.Tensor | None = None,
 ) -> dict[str, str | None]:
     """Digests of the inputs a run with ``config`` reads (``None`` for those it does not read).
 
     ``calib_blocks`` are the blocks the patch is fitted on, already cut to ``config.patch_tokens``.
+    Out-of-domain eval blocks (``ood_blocks``) enter only when given, so a run without them keeps
+    the fingerprint it had before they existed.
     """
     trains = config.trained_recipe is not None
-    return {
+    ood = {} if ood_blocks is None or eval_blocks is None else {"ood": tensor_digest(ood_blocks)}
+    return {**ood,
         "student": model_digest(student),
         "teacher": model_digest(teacher) if config.distills else None,
         "train": tensor_digest(train_blocks) if trains else None,

@@ -8,6 +8,7 @@ optimizer, scheduler and RNG states restored from the checkpoint — ends bit-id
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from frankenllama.healing.teacher import TeacherTargets, cached_teacher_targets
 from frankenllama.healing.trainer import RecipeTrainer
 from frankenllama.healing.validate import RunPlan
 from frankenllama.models import model_device
-from frankenllama.eval.perplexity import perplexity
+from frankenllama.eval.perplexity import block_nll
 
 
 def batch_indices(step: int, batch_size: int, n_blocks: int, seed: int) -> torch.Tensor:
@@ -40,15 +41,45 @@ def batch_indices(step: int, batch_size: int, n_blocks: int, seed: int) -> torch
     return out
 
 
-def eval_ppl(model: torch.nn.Module, blocks: torch.Tensor | None, batch_size: int) -> float | None:
-    """Perplexity of ``model`` on ``(N, T)`` eval ``blocks`` in eval mode (``None`` without blocks); keeps its mode."""
+def eval_nll(model: torch.nn.Module, blocks: torch.Tensor | None, batch_size: int) -> list[float] | None:
+    """Mean NLL (nats) of each of the ``(N, T)`` eval ``blocks`` in eval mode (``None`` without blocks); keeps the mode."""
     if blocks is None:
         return None
     was_training = model.training
     model.eval()
-    ppl = perplexity(model, blocks, batch_size=batch_size)
+    sums, counts = block_nll(model, blocks, batch_size=batch_size)
     model.train(was_training)
-    return ppl
+    return (sums / counts).tolist()
+
+
+def nll_ppl(nll: list[float] | None) -> float | None:
+    """The perplexity of blocks of equal length from their mean NLLs: ``exp`` of their mean."""
+    return None if nll is None else math.exp(sum(nll) / len(nll))
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """The held-out blocks a run is evaluated on: in-domain ``blocks`` and, optionally, out-of-domain ``ood``.
+
+    Out-of-domain text (e.g. the eval-only ``olmo-passages`` corpus) is never trained or calibrated
+    on; its perplexity shows whether healing on the training corpus generalises beyond it.
+    """
+
+    blocks: torch.Tensor | None
+    ood: torch.Tensor | None = None
+    batch_size: int = 4
+
+    def nll(self, model: torch.nn.Module) -> dict[str, list[float] | None]:
+        """Per-block mean NLLs of ``model``: ``{"in": …, "out": …}`` (``None`` where no blocks)."""
+        return {"in": eval_nll(model, self.blocks, self.batch_size), "out": eval_nll(model, self.ood, self.batch_size)}
+
+    def point(self, model: torch.nn.Module, step: int, tokens: int, nll: dict | None = None) -> dict[str, float]:
+        """A curve point: perplexity in domain (``ppl``) and out of domain (``ppl_ood``, when measured)."""
+        nll = self.nll(model) if nll is None else nll
+        row = {"step": step, "tokens": tokens, "ppl": nll_ppl(nll["in"])}
+        if nll["out"] is not None:
+            row["ppl_ood"] = nll_ppl(nll["out"])
+        return row
 
 
 @dataclass
@@ -90,17 +121,16 @@ def run_targets(
     return RunTargets(targets, position), (time.perf_counter() - started if computed else 0.0)
 
 
-def _start(trainer: RecipeTrainer, checkpoint: dict[str, Any] | None, ppl_before: float | None, patched: bool,
-           eval_blocks: torch.Tensor | None, eval_batch_size: int) -> TrainLog:  # fmt: skip
+def _start(trainer: RecipeTrainer, checkpoint: dict[str, Any] | None, nll_before: dict, patched: bool,
+           held_out: HeldOut) -> TrainLog:  # fmt: skip
     """The log to continue: restored from ``checkpoint`` (with the trainer and RNG states), or a new one."""
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])
         set_rng_state(checkpoint["rng"])
         return TrainLog(checkpoint["curve"], checkpoint["losses"], checkpoint["train_time_s"], checkpoint["step"])
     log = TrainLog()
-    if eval_blocks is not None:
-        ppl0 = ppl_before if not patched else eval_ppl(trainer.model, eval_blocks, eval_batch_size)
-        log.curve.append({"step": 0, "tokens": 0, "ppl": ppl0})
+    if held_out.blocks is not None:
+        log.curve.append(held_out.point(trainer.model, 0, 0, None if patched else nll_before))
     return log
 
 
@@ -112,9 +142,8 @@ def train(
     train_blocks: torch.Tensor,
     teacher: PreTrainedModel | None,
     teacher_digest: str | None,
-    eval_blocks: torch.Tensor | None,
-    eval_batch_size: int,
-    ppl_before: float | None,
+    held_out: HeldOut,
+    nll_before: dict[str, list[float] | None],
     checkpoint: dict[str, Any] | None,
     save: Callable[[int, dict[str, Any]], None] | None,
     progress: bool,
@@ -127,12 +156,13 @@ def train(
     """
     targets, teacher_time, tail_mass = None, 0.0, None
     if plan.trained.distill and config.kd_top_k:  # the teacher once over the blocks this run will see
-        targets, teacher_time = run_targets(teacher, train_blocks, config, plan, teacher_digest, eval_batch_size, progress)
+        targets, teacher_time = run_targets(teacher, train_blocks, config, plan, teacher_digest, held_out.batch_size,
+                                            progress)  # fmt: skip
         tail_mass = targets.targets.tail_mass()
     seed_everything(config.seed)  # adapter initialisation is seeded the same on a resume
     device = model_device(work)
     trainer = RecipeTrainer(work, config, plan.n_steps, teacher)
-    log = _start(trainer, checkpoint, ppl_before, config.patches, eval_blocks, eval_batch_size)
+    log = _start(trainer, checkpoint, nll_before, config.patches, held_out)
     log.teacher_time_s, log.teacher_tail_mass = teacher_time, tail_mass
     start, n_steps, tps = log.resumed_from_step or 0, plan.n_steps, plan.tokens_per_step
     bar = tqdm(total=n_steps, initial=start, desc=f"heal {config.recipe}", disable=not progress, unit="step")
@@ -146,11 +176,11 @@ def train(
             log.losses.append({"step": done, "tokens": done * tps, **parts})
         bar.update(1)
         bar.set_postfix(loss=f"{parts['loss']:.3f}", tok_s=f"{tps / parts['seconds']:.0f}")
-        if config.eval_every and done % config.eval_every == 0 and done < n_steps and eval_blocks is not None:
-            log.curve.append({"step": done, "tokens": done * tps, "ppl": eval_ppl(trainer.model, eval_blocks, eval_batch_size)})
+        if config.eval_every and done % config.eval_every == 0 and done < n_steps and held_out.blocks is not None:
+            log.curve.append(held_out.point(trainer.model, done, done * tps))
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < n_steps and save is not None:
             save(done, {"trainer": trainer.state_dict(), "rng": rng_state(), "curve": log.curve, "losses": log.losses,
-                        "ppl_before": ppl_before, "train_time_s": log.train_time_s})  # fmt: skip
+                        "ppl_before": nll_ppl(nll_before["in"]), "train_time_s": log.train_time_s})  # fmt: skip
         if on_step is not None:
             on_step(done, trainer)
     bar.close()

@@ -37,7 +37,7 @@ from frankenllama.cache import atomic_write_text, seed_everything, to_jsonable
 from frankenllama.healing.checkpoint import (default_checkpoint_dir, discard_checkpoints, load_checkpoint,
                                             save_checkpoint)
 from frankenllama.healing.fingerprint import input_digests, run_fingerprint
-from frankenllama.healing.loop import TrainLog, eval_ppl, train
+from frankenllama.healing.loop import HeldOut, TrainLog, nll_ppl, train
 from frankenllama.healing.patch import linear_patch
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.healing.result import HealResult
@@ -45,6 +45,12 @@ from frankenllama.healing.save import load_healed, rows_csv, save_healed
 from frankenllama.healing.trainer import RecipeTrainer
 from frankenllama.healing.validate import validate_run
 from frankenllama.surgery import removed_layers
+
+
+def _block_nll(before: dict, after: dict) -> dict[str, list[float]]:
+    """Per-block mean NLLs before and after healing, keyed ``before``/``after`` (in domain) and ``…_ood``."""
+    out = {"before": before["in"], "after": after["in"], "before_ood": before["out"], "after_ood": after["out"]}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def heal(
@@ -57,6 +63,7 @@ def heal(
     teacher_tokenizer: PreTrainedTokenizerBase | None = None,
     calib_blocks: torch.Tensor | None = None,
     eval_blocks: torch.Tensor | None = None,
+    ood_blocks: torch.Tensor | None = None,
     out_dir: Path | None = None,
     checkpoint_dir: Path | None = None,
     meta: dict[str, Any] | None = None,
@@ -76,6 +83,8 @@ def heal(
         teacher_tokenizer: if given, checked to map tokens to the same ids as ``tokenizer``.
         calib_blocks: ``(N, T)`` calibration blocks for the patch (default: the first training blocks).
         eval_blocks: ``(N, T)`` held-out blocks; perplexity before, every ``eval_every`` steps, after.
+        ood_blocks: ``(N, T)`` held-out blocks of another domain (text never trained or calibrated on),
+            evaluated alongside ``eval_blocks`` (curve key ``ppl_ood``); ``None``: in-domain only.
         out_dir: where to save the healed model (atomically); ``None`` saves nothing.
         checkpoint_dir: where checkpoints go (default: hidden beside ``out_dir``).
         meta: extra metadata for ``frankenllama.json`` (e.g. how the student was pruned).
@@ -84,7 +93,7 @@ def heal(
     """
     t_call = time.perf_counter()
     plan = validate_run(student, tokenizer, config, train_blocks, teacher, teacher_tokenizer, calib_blocks)
-    digests = input_digests(config, student, teacher, train_blocks, plan.calib_blocks, eval_blocks)
+    digests = input_digests(config, student, teacher, train_blocks, plan.calib_blocks, eval_blocks, ood_blocks)
     fingerprint = run_fingerprint(config, digests)
     out_dir = Path(out_dir) if out_dir is not None else None
     cached = load_healed(out_dir, fingerprint, config) if out_dir is not None else None
@@ -105,7 +114,8 @@ def heal(
 
     seed_everything(config.seed)
     work = copy.deepcopy(student)
-    ppl_before = eval_ppl(work, eval_blocks, eval_batch_size) if checkpoint is None else checkpoint["ppl_before"]
+    held_out = HeldOut(eval_blocks, ood_blocks if eval_blocks is not None else None, eval_batch_size)
+    nll_before = held_out.nll(work)  # deterministic: measured again on a resume
     t_patch = time.perf_counter()  # the patch is deterministic: redone on resume, before the trained state is loaded
     fits = linear_patch(work, teacher, plan.calib_blocks, config.patch_layers, config.patch_ridge) if config.patches else []
     patch_time = time.perf_counter() - t_patch
@@ -114,19 +124,20 @@ def heal(
     else:
         model, log = train(
             work, config, plan, train_blocks=train_blocks, teacher=teacher, teacher_digest=digests["teacher"],
-            eval_blocks=eval_blocks, eval_batch_size=eval_batch_size, ppl_before=ppl_before, checkpoint=checkpoint,
+            held_out=held_out, nll_before=nll_before, checkpoint=checkpoint,
             save=save if checkpoint_dir is not None else None, progress=progress, on_step=on_step,
         )  # fmt: skip
-    ppl_after = eval_ppl(model, eval_blocks, eval_batch_size)
+    nll_after = held_out.nll(model)
     tokens_seen = plan.n_steps * plan.tokens_per_step
     if eval_blocks is not None:  # a training-free recipe is one point at zero training tokens
-        log.curve.append({"step": plan.n_steps, "tokens": tokens_seen, "ppl": ppl_after})
+        log.curve.append(held_out.point(model, plan.n_steps, tokens_seen, nll_after))
     result = HealResult(
         model=model, config=config, out_dir=out_dir, tokens_seen=tokens_seen, calib_tokens=sum(f.tokens for f in fits),
         steps=plan.n_steps, train_time_s=log.train_time_s + patch_time,
         wall_time_s=prior_wall + time.perf_counter() - t_call,
-        tokens_per_s=tokens_seen / log.train_time_s if tokens_seen else 0.0, ppl_before=ppl_before,
-        ppl_after=ppl_after, curve=log.curve, losses=log.losses, patch_fits=[to_jsonable(f) for f in fits],
+        tokens_per_s=tokens_seen / log.train_time_s if tokens_seen else 0.0, ppl_before=nll_ppl(nll_before["in"]),
+        ppl_after=nll_ppl(nll_after["in"]), ppl_before_ood=nll_ppl(nll_before["out"]),
+        ppl_after_ood=nll_ppl(nll_after["out"]), block_nll=_block_nll(nll_before, nll_after), curve=log.curve, losses=log.losses, patch_fits=[to_jsonable(f) for f in fits],
         resumed_from_step=log.resumed_from_step, fingerprint=fingerprint, teacher_time_s=log.teacher_time_s,
         teacher_tail_mass=log.teacher_tail_mass,
     )  # fmt: skip

@@ -26,6 +26,9 @@ class HealResult:
     tokens_per_s: float  # training tokens / seconds in optimizer steps
     ppl_before: float | None  # eval perplexity of the student as given
     ppl_after: float | None
+    ppl_before_ood: float | None = None  # the same, on out-of-domain eval blocks (None: not measured)
+    ppl_after_ood: float | None = None
+    block_nll: dict[str, list[float]] = field(default_factory=dict)  # per-block mean NLL: before, after, before_ood, after_ood
     curve: list[dict[str, float]] = field(default_factory=list)  # {"step", "tokens", "ppl"}
     losses: list[dict[str, float]] = field(default_factory=list)  # one row per logged step
     patch_fits: list[dict[str, Any]] = field(default_factory=list)
@@ -48,4 +51,6 @@ class HealResult:
             "teacher_time_s": round(self.teacher_time_s, 1),
             "ppl_before": self.ppl_before,
             "ppl_after": self.ppl_after,
+            "ppl_before_ood": self.ppl_before_ood,
+            "ppl_after_ood": self.ppl_after_ood,
         }

@@ -22,7 +22,7 @@ from frankenllama.healing.result import HealResult
 from frankenllama.variants import META_FILE, intact, save_model_folder
 
 _RECORDED = ("tokens_seen", "calib_tokens", "steps", "train_time_s", "wall_time_s", "tokens_per_s", "ppl_before",
-             "ppl_after", "curve", "patch_fits", "resumed_from_step", "teacher_time_s", "teacher_tail_mass")  # fmt: skip
+             "ppl_after", "ppl_before_ood", "ppl_after_ood", "block_nll", "curve", "patch_fits", "resumed_from_step", "teacher_time_s", "teacher_tail_mass")  # fmt: skip
 
 
 def rows_csv(rows: list[dict[str, Any]]) -> str:
@@ -78,4 +78,5 @@ def load_healed(out_dir: Path, fingerprint: str, config: HealConfig) -> HealResu
         tokens_per_s=h["tokens_per_s"], ppl_before=h["ppl_before"], ppl_after=h["ppl_after"], curve=h["curve"],
         losses=losses, patch_fits=h["patch_fits"], cached=True, fingerprint=fingerprint,
         teacher_time_s=h.get("teacher_time_s", 0.0), teacher_tail_mass=h.get("teacher_tail_mass"),
+        ppl_before_ood=h.get("ppl_before_ood"), ppl_after_ood=h.get("ppl_after_ood"), block_nll=h.get("block_nll", {}),
     )  # fmt: skip

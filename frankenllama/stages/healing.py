@@ -1,10 +1,11 @@
 """Notebook 03's stage: remove the blocks the pruning stage chose, then heal with every recipe alike.
 
 ``healing_stage(config, cut, strategy)`` loads the unpruned model (the teacher) and the token
-blocks (``train`` for training, ``calib`` for the linear patch, held-out ``eval`` for perplexity),
-measures the unpruned model's eval perplexity — the reference the recovery table measures the
-gap to; cached under ``data/cache/healing-reference/`` keyed by the model, the eval blocks and the
-code of ``CODE`` — drops the ``cut`` blocks and heals the pruned model with each recipe at the
+blocks (``train`` for training, ``calib`` for the linear patch, held-out ``eval`` for perplexity,
+and the ``eval`` split of the eval-only ``ood_corpus`` for out-of-domain perplexity, text no recipe
+trains or calibrates on), measures the unpruned model's per-block NLL in both domains — the
+reference the recovery table measures the gap to; cached under ``data/cache/healing-reference/``
+keyed by the model, the eval blocks and the code of ``CODE`` — drops the ``cut`` blocks and heals the pruned model with each recipe at the
 same training-token budget (``frankenllama.healing.compare_recipes``). Each healed model is saved
 as variant ``<variant_prefix>-<recipe>`` for notebook 04; a variant whose run fingerprint matches
 is read instead of retrained, and a killed run resumes from its checkpoint.
@@ -22,16 +23,18 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from frankenllama.healing.loop import eval_nll, nll_ppl
+
 from frankenllama.cache import cached_json, seed_everything
 from frankenllama.healing import HealConfig, HealResult, compare_recipes, parse_recipe, recovery_table
 from frankenllama.models import DEFAULT_MODEL, num_layers
-from frankenllama.eval.perplexity import perplexity
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.surgery import check_layer_ids, drop_layers
 from frankenllama.variants import variant_path
 
 # what computes the cached reference perplexity (this module included: it picks the blocks and the call)
-CODE = ("frankenllama.stages.healing", "frankenllama.eval.perplexity", "frankenllama.data", "frankenllama.models")
+CODE = ("frankenllama.stages.healing", "frankenllama.eval.perplexity", "frankenllama.healing.loop", "frankenllama.data",
+        "frankenllama.models")
 RECIPES = ("linear-patch", "lora", "kd-lora", "kd-full", "partial", "linear-patch+lora")
 
 
@@ -40,7 +43,8 @@ class HealingStageConfig:
     """Notebook 03's settings: the model, its corpus, the recipes and their shared budget.
 
     Defaults: 8k training tokens per recipe (8 steps of 4 × 256), sized for the 30-minute pipeline
-    on 2 CPU cores; 8 held-out eval blocks (2k tokens); 8k calibration tokens for the linear patch.
+    on 2 CPU cores; 8 held-out eval blocks (2k tokens) in domain and 8 out of domain; 8k calibration
+    tokens for the linear patch.
     """
 
     model: str = DEFAULT_MODEL  # registry name, local transformers folder or GGUF file
@@ -51,7 +55,8 @@ class HealingStageConfig:
     batch_size: int = 4  # blocks per optimizer step
     eval_every: int = 4  # optimizer steps between eval-perplexity points
     checkpoint_every: int = 4  # optimizer steps between checkpoints (a killed run resumes from the last one)
-    eval_blocks: int = 8  # held-out eval blocks
+    eval_blocks: int = 8  # held-out eval blocks (of each domain)
+    ood_corpus: str | None = "olmo-passages"  # out-of-domain eval text (its eval split; None: in-domain only)
     patch_tokens: int = 8192  # calibration tokens for the linear patch's least-squares fit
     kd_top_k: int = 64  # distillation targets: the teacher's top-k tokens, cached once (0: full KL)
     seed: int = 0  # seed set at the entry of each healing run
@@ -81,39 +86,55 @@ class HealingStageConfig:
                           kd_top_k=self.kd_top_k, seed=self.seed)  # fmt: skip
 
     def data(self, split: str) -> DataConfig:
-        """The blocks of ``split``: ``train`` covers the budget, ``calib`` the patch tokens, ``eval`` ``eval_blocks``."""
+        """The blocks of ``split``: ``train`` covers the budget, ``calib`` the patch tokens, ``eval`` ``eval_blocks``,
+        ``ood`` ``eval_blocks`` of the ``ood_corpus``'s eval split."""
         n_blocks = {"train": self.tokens // self.block_len, "calib": -(-self.patch_tokens // self.block_len),
-                    "eval": self.eval_blocks}[split]  # fmt: skip
+                    "eval": self.eval_blocks, "ood": self.eval_blocks}[split]  # fmt: skip
+        if split == "ood":
+            if self.ood_corpus is None:
+                raise ValueError("no out-of-domain corpus: set ood_corpus (e.g. 'olmo-passages')")
+            return DataConfig(corpus=self.ood_corpus, split="eval", block_len=self.block_len, n_blocks=n_blocks)
         return DataConfig(corpus=self.corpus, split=split, block_len=self.block_len, n_blocks=n_blocks)
 
 
 @dataclass
 class HealingStageResult:
-    """What notebook 03 shows: the cut, the reference and unhealed perplexities, one result per recipe."""
+    """What notebook 03 shows: the cut, the reference and unhealed perplexities in and out of domain, one
+    result per recipe."""
 
     config: HealingStageConfig
     strategy: str  # the selection strategy that chose the cut
     layers: list[int]  # original ids of the removed blocks, sorted
-    reference_ppl: float  # eval perplexity of the unpruned model
-    unhealed_ppl: float  # eval perplexity of the pruned model before healing
+    reference_ppl: float  # in-domain eval perplexity of the unpruned model
+    unhealed_ppl: float  # in-domain eval perplexity of the pruned model before healing
     results: list[HealResult]  # one per recipe, in config.recipes order (models released; see out_dir)
+    reference_ppl_ood: float | None = None  # the same two out of domain (None: not measured)
+    unhealed_ppl_ood: float | None = None
+    reference_nll: dict[str, list[float] | None] | None = None  # the unpruned model's per-block NLL, {"in", "out"}
 
     @property
     def recovery(self) -> pd.DataFrame:
-        """The recovery table: one row per recipe (``frankenllama.healing.report.recovery_table``)."""
-        return recovery_table(self.results, self.reference_ppl)
+        """The recovery table, both domains: one row per recipe (``frankenllama.healing.report.recovery_table``)."""
+        return recovery_table(self.results, self.reference_ppl, self.reference_ppl_ood, self.reference_nll,
+                              seed=self.config.seed)  # fmt: skip
+
+
+def reference_nll(config: HealingStageConfig) -> dict[str, list[float] | None]:
+    """Per-block mean NLL of the unpruned ``config.model`` on the stage's eval blocks, ``{"in": …, "out": …}``
+    (``"out"``: the ``ood_corpus`` blocks, ``None`` without one); cached."""
+    domains = {"in": config.data("eval"), "out": config.data("ood") if config.ood_corpus is not None else None}
+
+    def compute() -> dict[str, list[float] | None]:
+        model, tokenizer = shared_model(config.model)
+        return {d: None if data is None else eval_nll(model, data.blocks(tokenizer, model), 4) for d, data in domains.items()}
+
+    key = {"model": config.model, "eval": domains["in"], "ood": domains["out"]}
+    return cached_json("healing-reference", key, compute, seed=config.seed, code=CODE)
 
 
 def reference_perplexity(config: HealingStageConfig) -> float:
-    """Eval perplexity of the unpruned ``config.model`` on the stage's eval blocks (cached)."""
-    eval_data = config.data("eval")
-
-    def compute() -> float:
-        model, tokenizer = shared_model(config.model)
-        return perplexity(model, eval_data.blocks(tokenizer, model))
-
-    key = {"model": config.model, "eval": eval_data}
-    return float(cached_json("healing-reference", key, compute, seed=config.seed, code=CODE))
+    """In-domain eval perplexity of the unpruned ``config.model`` on the stage's eval blocks (cached)."""
+    return nll_ppl(reference_nll(config)["in"])
 
 
 def healing_stage(config: HealingStageConfig, cut: Sequence[int], strategy: str) -> HealingStageResult:
@@ -124,12 +145,15 @@ def healing_stage(config: HealingStageConfig, cut: Sequence[int], strategy: str)
     if not layers:
         raise ValueError("the cut is empty: pass the blocks to remove, e.g. best_selection(pruning_config, k)[1]")
     train, calib, held_out = (config.data(s).blocks(tokenizer, teacher) for s in ("train", "calib", "eval"))
-    reference = reference_perplexity(config)
+    ood = config.data("ood").blocks(tokenizer, teacher) if config.ood_corpus is not None else None
+    reference = reference_nll(config)
     student = drop_layers(teacher, layers)
     results = compare_recipes(
         student, tokenizer, config.recipes, config.heal_config(), teacher=teacher, train_blocks=train,
-        eval_blocks=held_out, calib_blocks=calib, variant_prefix=config.variant_prefix,
+        eval_blocks=held_out, calib_blocks=calib, ood_blocks=ood, variant_prefix=config.variant_prefix,
         meta={"strategy": strategy, "removed_layers": layers, "base_model": config.model},
     )  # fmt: skip
     del student
-    return HealingStageResult(config, strategy, layers, reference, results[0].ppl_before, results)
+    first = results[0]
+    return HealingStageResult(config, strategy, layers, nll_ppl(reference["in"]), first.ppl_before, results,
+                              nll_ppl(reference["out"]), first.ppl_before_ood, reference)  # fmt: skip

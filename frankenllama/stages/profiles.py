@@ -51,7 +51,11 @@ class UnknownProfileError(KeyError):
 
 @dataclass(frozen=True)
 class Profile:
-    """Every stage config of one named profile; ``heal_k`` is the k whose best cut the later notebooks heal."""
+    """Every stage config of one named profile; ``heal_k`` is the k whose best cut the later notebooks heal.
+
+    ``study_variants_only``: notebook 04 compares the original with the study's variants only (the
+    unhealed best cut at ``heal_k`` and its healed variants; ``stages.evaluation.evaluation_config``).
+    """
 
     name: str
     similarity: SimilarityConfig
@@ -61,6 +65,7 @@ class Profile:
     healing: HealingStageConfig
     evaluation: EvaluationConfig
     recipe: RecipeStudyConfig  # notebook 05: the recipe against the peers' pipelines
+    study_variants_only: bool = False
 
     @property
     def model(self) -> str:
@@ -80,14 +85,18 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         heal_k=HEAL_K,
         # 8k tokens per recipe (8 steps of 4 x 256): what the 30-minute pipeline leaves notebook 03
         healing=dict(tokens=8192, block_len=256, batch_size=4, eval_every=4, eval_blocks=8, patch_tokens=8192),
-        evaluation=dict(tasks=DEFAULT_TASKS, limit=20, block_len=256, ppl_blocks=8, fidelity_blocks=4,
-                        speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1), max_new_tokens=40,
-                        variant_prefix="", exclude_prefix=("smoke-", "recipe-"), max_variants=None),
+        # fewer variants (the study's: study_variants_only) with more items, the same items for every model:
+        # 150 per task of three tasks, sized so the continuous metrics' paired intervals resolve a third of
+        # the unhealed model's loss (notebook 04 checks it); 16 blocks of each text domain for perplexity
+        evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=150, block_len=256, ppl_blocks=16,
+                        fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1),
+                        max_new_tokens=40, variant_prefix="", exclude_prefix=("smoke-", "recipe-"), max_variants=None,
+                        study_variants_only=True),
         # notebook 05 (~6-7 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
         # 8 blocks of 256 tokens per domain at every ratio, zero-shot (100 items x 3 tasks) at 20 % only
-        recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), ppl_blocks=8, ppl_block_len=256, n_boot=1000,
+        recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
                     healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=8192),
-                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=100)),
+                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=100, block_len=256, ppl_blocks=8)),
     ),
     "smoke": dict(
         calib=(64, 4), score=(64, 2, 2), eval=(64, 2), ks=(0, 1, 2),
@@ -100,10 +109,9 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2, fidelity_blocks=1,
                         speed=SpeedConfig((1, 2), 16, 3, 1, warmup=0, threads=1), max_new_tokens=8,
                         variant_prefix="smoke-", exclude_prefix=None, max_variants=1),
-        recipe=dict(ks=(1, 2), ours=OURS_DEFAULT, zero_shot_ks=(2,), ppl_blocks=2, ppl_block_len=64, n_boot=200,
-                    variant_prefix="smoke-recipe",
+        recipe=dict(ks=(1, 2), ours=OURS_DEFAULT, zero_shot_ks=(2,), n_boot=200, variant_prefix="smoke-recipe",
                     healing=dict(tokens=128, block_len=64, batch_size=2, eval_blocks=1, patch_tokens=1024),
-                    evaluation=dict(tasks=("arc_easy", "piqa"), limit=4)),
+                    evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2)),
     ),
     "thesis": dict(
         calib=(256, 256), score=(256, 32, 32), eval=(256, 64), ks=tuple(range(0, 16)),
@@ -115,9 +123,9 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64, fidelity_blocks=16,
                         speed=SpeedConfig((1, 8), 128, 32, 5, warmup=2, threads=None), max_new_tokens=64,
                         variant_prefix="", exclude_prefix=("smoke-", "recipe-"), max_variants=None),
-        recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=None, ppl_blocks=64, ppl_block_len=512, n_boot=2000,
+        recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=None, n_boot=2000,
                     healing=dict(tokens=65536, block_len=512, batch_size=8, eval_blocks=8, patch_tokens=65536),
-                    evaluation=dict(tasks=DEFAULT_TASKS, limit=None)),
+                    evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64)),
     ),
 }
 
@@ -169,18 +177,19 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     healing = _apply(HealingStageConfig(model=model, corpus=corpus, **s["healing"]), "healing", overrides)
     e = dict(s["evaluation"])
     tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
+    study_only = e.pop("study_variants_only", False)
     evaluation = _apply(EvaluationConfig(model=model, tasks=tasks, corpus=corpus, **e), "evaluation", overrides)
     recipe = _apply(_recipe_config(s["recipe"], model, corpus, pruning), "recipe", overrides)
-    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, recipe)
+    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, recipe, study_only)
 
 
 def _recipe_config(settings: dict[str, Any], model: str, corpus: str, pruning: PruningConfig) -> RecipeStudyConfig:
-    """Notebook 05's config: its own healing budget and zero-shot items (no speed runs, no generations)."""
+    """Notebook 05's config: its own healing budget, perplexity blocks and zero-shot items (no generations)."""
     r = dict(settings)
     healing = HealingStageConfig(model=model, corpus=corpus, variant_prefix=None, **r.pop("healing"))
     e = dict(r.pop("evaluation"))
     tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
     speed = SpeedConfig((1,), 8, 2, 1, warmup=0, threads=1)  # the evaluation stage always times; keep it cheap
-    evaluation = EvaluationConfig(model=model, tasks=tasks, corpus=corpus, block_len=64, ppl_blocks=1,
-                                  fidelity_blocks=1, speed=speed, prompts=(), max_new_tokens=1, exclude_prefix=None)
+    evaluation = EvaluationConfig(model=model, tasks=tasks, corpus=corpus, fidelity_blocks=1, speed=speed, prompts=(),
+                                  max_new_tokens=1, **e)  # its variants are set per ratio (RecipeStudyConfig)
     return RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, **r)

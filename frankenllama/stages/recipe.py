@@ -22,11 +22,12 @@ every trained pipeline sees the same training tokens (``healing.tokens``); calib
 the training-free patch are forward passes only and are reported apart.
 
 Each pipeline's model is saved as variant ``<variant_prefix>-<percent>-<pipeline>`` (healed runs are
-cached by their fingerprint, so a re-run reads them). Perplexity is measured per eval block on two
-domains — in-domain (``wiki-leads`` eval split) and out-of-domain (``olmo-passages``, never used to
-calibrate or heal) — so that every model's ratio to the original carries a paired bootstrap
-interval over blocks; zero-shot items are scored by the evaluation stage (notebook 04's) and
-compared item by item (``frankenllama.stages.evaluation.paired_table``).
+cached by their fingerprint, so a re-run reads them) and measured by notebook 04's evaluation stage,
+one call per ratio on exactly that ratio's variants: perplexity per eval block in two domains —
+in-domain (``wiki-leads`` eval split) and out-of-domain (``olmo-passages``, never used to calibrate
+or heal) — so every ratio to the original carries a paired bootstrap interval over blocks
+(``paired_perplexity_table``), and zero-shot items (at ``zero_shot_ks``) compared item by item
+(``paired_table``).
 """
 
 from __future__ import annotations
@@ -40,17 +41,15 @@ import numpy as np
 import pandas as pd
 
 from frankenllama.budget import count_params, unit_params
-from frankenllama.cache import cached_json, seed_everything, to_jsonable
-from frankenllama.data import load_corpus, token_blocks
-from frankenllama.eval.paired import paired_difference
-from frankenllama.eval.perplexity import token_nll
+from frankenllama.cache import seed_everything, to_jsonable
 from frankenllama.healing import heal
 from frankenllama.healing.patch import contiguous_runs
 from frankenllama.healing.recipes import parse_recipe
-from frankenllama.models import decoder_layers, load_model, num_layers
+from frankenllama.models import decoder_layers, num_layers
 from frankenllama.selection import get_strategy
 from frankenllama.stages.common import shared_model
-from frankenllama.stages.evaluation import BASELINE, EvaluationConfig, _identity, evaluation_stage, paired_table
+from frankenllama.stages.evaluation import (BASELINE, EvaluationConfig, evaluation_stage, paired_perplexity_table,
+                                            paired_table)
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.pruning import PruningConfig, pruning_stage
 from frankenllama.sublayer import prune_sublayers
@@ -58,12 +57,9 @@ from frankenllama.surgery import drop_layers, lineage, removed_layers
 from frankenllama.units import describe
 from frankenllama.variants import intact, list_variants, save_variant, variant_path
 
-# what computes the cached per-block perplexities
-CODE = ("frankenllama.eval.perplexity", "frankenllama.data", "frankenllama.models", "frankenllama.sublayer",
-        "frankenllama.stages.recipe")
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 OURS = "frankenllama"
-DOMAINS = {"in": "in-domain (wiki-leads eval)", "ood": "out-of-domain (olmo-passages)"}
+DOMAINS = {"in": "in", "ood": "out"}  # table stem -> paired_perplexity_table's domain (in: corpus, out: ood_corpus)
 
 
 @dataclass(frozen=True)
@@ -100,12 +96,11 @@ class RecipeStudyConfig:
         pruning: notebook 02's config; its cached curves give every strategy's choice at each k.
         healing: the shared healing settings (token budget, block length, batch, patch tokens,
             distillation targets, seed); its ``recipes`` and ``variant_prefix`` are not used.
-        evaluation: the zero-shot settings (tasks, items); its variant selection is set per ratio.
+        evaluation: how models are measured: perplexity blocks of both domains (``block_len``,
+            ``ppl_blocks``, ``ood_corpus``) and zero-shot items; its variants are set per ratio.
         ks: blocks' worth removed (3, 6, 9 of SmolLM2's 30 = 10, 20, 30 % of the decoder).
         pipelines: ``PEERS`` keys and ``OURS``, in table order.
         ours: the FrankenLLaMA recipe, ``(strategy, recipe)`` (the profiles' ``OURS_DEFAULT``).
-        ppl_blocks / ppl_block_len: eval blocks per domain for the paired perplexity.
-        ood_corpus: the out-of-domain corpus (eval-only).
         zero_shot_ks: the ks whose models get the zero-shot evaluation (``None``: all).
         variant_prefix: variants are ``<prefix>-<percent>-<pipeline>``.
         n_boot: bootstrap resamples of every interval.
@@ -117,9 +112,6 @@ class RecipeStudyConfig:
     ours: tuple[str, str]  # set in one place: frankenllama.stages.profiles.OURS_DEFAULT
     ks: tuple[int, ...] = (3, 6, 9)
     pipelines: tuple[str, ...] = (*PEERS, OURS)
-    ppl_blocks: int = 8
-    ppl_block_len: int = 256
-    ood_corpus: str = "olmo-passages"
     zero_shot_ks: tuple[int, ...] | None = None
     variant_prefix: str = "recipe"
     n_boot: int = 2000
@@ -145,8 +137,10 @@ class RecipeStudyConfig:
         self.pipeline(OURS)  # validates the strategy and the recipe
         if self.zero_shot_ks is not None and not set(self.zero_shot_ks) <= set(self.ks):
             raise ValueError(f"zero_shot_ks {self.zero_shot_ks} must be among ks {self.ks}")
-        if self.ppl_blocks < 1 or self.ppl_block_len < 2 or self.n_boot < 100:
-            raise ValueError("need ppl_blocks >= 1, ppl_block_len >= 2 and n_boot >= 100")
+        if self.evaluation.ood_corpus is None or self.evaluation.tasks is None:
+            raise ValueError("the study needs evaluation.ood_corpus (out-of-domain perplexity) and evaluation.tasks")
+        if self.n_boot < 100:
+            raise ValueError(f"n_boot must be >= 100, got {self.n_boot}")
         variant_path(f"{self.variant_prefix}-10-{OURS}")  # validates the prefix
 
     def pipeline(self, name: str) -> Pipeline:
@@ -157,6 +151,11 @@ class RecipeStudyConfig:
 
     def zero_shot_at(self, k: int) -> bool:
         return self.zero_shot_ks is None or k in self.zero_shot_ks
+
+    def evaluation_at(self, k: int, variants: tuple[str, ...]) -> EvaluationConfig:
+        """The evaluation of ratio k: exactly its ``variants``; zero-shot only where ``zero_shot_at(k)``."""
+        tasks = self.evaluation.tasks if self.zero_shot_at(k) else None
+        return dataclasses.replace(self.evaluation, variants=tuple(variants), tasks=tasks)
 
 
 def percent(k: int, layers: int) -> int:
@@ -229,37 +228,16 @@ def _saved_meta(variant: str) -> dict | None:
     return found[0] if found else None
 
 
-def block_nlls(config: RecipeStudyConfig, variant: str | None, corpus: str) -> list[float]:
-    """Mean next-token NLL (nats) of each eval block of ``corpus``: the original (``None``) or a variant (cached)."""
-    info = None if variant is None else next(v for v in list_variants() if v.name == variant)
-    ident = _identity(info, config.evaluation)
-
-    def compute() -> list[float]:
-        reference, tokenizer = shared_model(config.evaluation.model)
-        model = reference if info is None else load_model(info.path)[0]
-        texts = load_corpus(corpus, "eval")
-        blocks = token_blocks(tokenizer, texts, config.ppl_block_len, max_blocks=config.ppl_blocks)  # (N, T)
-        out = []
-        for b in blocks:  # (T,)
-            total, count = token_nll(model, b[None])
-            out.append(total / count)
-        return out
-
-    key = {"identity": ident, "corpus": corpus, "block_len": config.ppl_block_len, "blocks": config.ppl_blocks}
-    return [float(x) for x in cached_json("recipe-perplexity", key, compute, seed=config.seed, code=CODE)]
-
-
 @dataclass
 class RecipeStudy:
-    """What notebook 05 shows: one row per (k, pipeline), per-block NLLs per domain, zero-shot stages per k."""
+    """What notebook 05 shows: one row per (k, pipeline) and the evaluation stage's result per k."""
 
     config: RecipeStudyConfig
     layers: int  # blocks of the original
     decoder_params: int
     params: int  # of the original
     runs: pd.DataFrame
-    nlls: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # domain -> model -> NLL per block
-    zero_shot: dict[int, dict[str, Any]] = field(default_factory=dict)  # k -> evaluation_stage result
+    evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)  # k -> evaluation_stage result
 
 
 def recipe_stage(config: RecipeStudyConfig) -> RecipeStudy:
@@ -273,29 +251,16 @@ def recipe_stage(config: RecipeStudyConfig) -> RecipeStudy:
     rows = [run_pipeline(config, name, k, curves, data) for k in config.ks for name in config.pipelines]
     runs = pd.DataFrame(rows)
     runs["wall_s"] = runs.select_s + runs.heal_s
-    corpora = {"in": h.corpus, "ood": config.ood_corpus}
-    nlls = {d: {BASELINE: block_nlls(config, None, c), **{v: block_nlls(config, v, c) for v in runs.variant}}
-            for d, c in corpora.items()}
-    zero_shot = {}
-    for k in config.ks:
-        if config.zero_shot_at(k):
-            prefix = f"{config.variant_prefix}-{percent(k, num_layers(teacher))}-"
-            zero_shot[k] = evaluation_stage(dataclasses.replace(config.evaluation, variant_prefix=prefix,
-                                                                exclude_prefix=None, max_variants=None))
+    # one call per ratio: its models only in memory at once (the stage times them side by side)
+    evaluations = {k: evaluation_stage(config.evaluation_at(k, tuple(runs[runs.k == k].variant))) for k in config.ks}
     decoder = int(unit_params(teacher, "layer").sum())
-    return RecipeStudy(config, num_layers(teacher), decoder, count_params(teacher), runs, nlls, zero_shot)
+    return RecipeStudy(config, num_layers(teacher), decoder, count_params(teacher), runs, evaluations)
 
 
 # --------------------------------------------------------------------------------------------------
 # the study's table and the text generated from it
 
 ZERO_SHOT = {"gold_bpb": "bpb", "acc_norm": "acc_norm"}  # paired zero-shot metrics and their column stems
-
-
-def _ratio(x: list[float], y: list[float], n_boot: int, seed: int) -> tuple[float, float, float]:
-    """Perplexity ratio exp(mean NLL_x − mean NLL_y) over paired blocks, with its 95 % bootstrap interval."""
-    d = paired_difference(x, y, None, n_boot, seed)
-    return math.exp(d.diff), math.exp(d.low), math.exp(d.high)
 
 
 def _ours(runs: pd.DataFrame, k: int) -> str | None:
@@ -313,30 +278,34 @@ def study_table(study: RecipeStudy) -> pd.DataFrame:
     (items resampled within tasks); wall time (selection + healing, seconds).
     """
     c, runs = study.config, study.runs
+    first = next(iter(study.evaluations.values()))["results"][BASELINE]
     rows = [{"percent": 0, "pipeline": BASELINE, "params_M": study.params / 1e6, "removed_%": 0.0,
-             **{f"ppl_{d}": math.exp(np.mean(study.nlls[d][BASELINE])) for d in DOMAINS}}]
-    for r in runs.itertuples():
-        row = {"percent": r.percent, "pipeline": r.pipeline, "strategy": r.strategy, "recipe": r.recipe,
-               "params_M": r.params_M, "removed_%": 100 * (study.params - 1e6 * r.params_M) / study.decoder_params}
-        ours = _ours(runs, r.k)
-        for d in DOMAINS:
-            mine = study.nlls[d][r.variant]
-            row[f"ppl_{d}"] = math.exp(np.mean(mine))
-            ratio = _ratio(mine, study.nlls[d][BASELINE], c.n_boot, c.seed)
-            row[f"ppl_{d}_x"], row[f"ppl_{d}_low"], row[f"ppl_{d}_high"] = ratio
-            if ours is not None and ours != r.variant:
-                vs = _ratio(mine, study.nlls[d][ours], c.n_boot, c.seed)
-                row[f"ppl_{d}_vs_ours_x"], row[f"ppl_{d}_vs_ours_low"], row[f"ppl_{d}_vs_ours_high"] = vs
-        row.update(_zero_shot(study, r.k, r.variant, ours))
-        row.update({"train_tokens": r.train_tokens, "select_s": r.select_s, "heal_s": r.heal_s, "wall_s": r.wall_s})
-        rows.append(row)
+             "ppl_in": first["perplexity"], "ppl_ood": first["perplexity_ood"]}]
+    for k, stage in study.evaluations.items():
+        ours = _ours(runs, k)
+        ppl = {(d, vs): paired_perplexity_table(stage, dom, base, c.n_boot, c.seed)
+               for d, dom in DOMAINS.items() for vs, base in (("", BASELINE), ("_vs_ours", ours)) if base is not None}
+        for r in runs[runs.k == k].itertuples():
+            row = {"percent": r.percent, "pipeline": r.pipeline, "strategy": r.strategy, "recipe": r.recipe,
+                   "params_M": r.params_M, "removed_%": 100 * (study.params - 1e6 * r.params_M) / study.decoder_params}
+            for (d, vs), t in ppl.items():
+                if vs and r.variant == ours:
+                    continue
+                x = t.loc[r.variant]
+                if not vs:
+                    row[f"ppl_{d}"] = x["ppl"]
+                row.update({f"ppl_{d}{vs}_x": x["ppl_ratio"], f"ppl_{d}{vs}_low": x["ratio_low"],
+                            f"ppl_{d}{vs}_high": x["ratio_high"]})
+            row.update(_zero_shot(study, k, r.variant, ours))
+            row.update({"train_tokens": r.train_tokens, "select_s": r.select_s, "heal_s": r.heal_s, "wall_s": r.wall_s})
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _zero_shot(study: RecipeStudy, k: int, variant: str, ours: str | None) -> dict[str, float]:
     """Paired zero-shot differences of ``variant`` to the original and to ``ours`` (empty when not evaluated at k)."""
-    stage, c = study.zero_shot.get(k), study.config
-    if stage is None or variant not in stage["results"]:
+    stage, c = study.evaluations[k], study.config
+    if not c.zero_shot_at(k):
         return {}
     out = {}
     for metric, stem in ZERO_SHOT.items():
