@@ -124,10 +124,6 @@ class RecipeStudyConfig:
             object.__setattr__(self, "zero_shot_ks", tuple(self.zero_shot_ks))
         if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks):
             raise ValueError(f"ks must be positive numbers of blocks' worth, got {self.ks}")
-        missing = [k for k in self.ks if k not in self.pruning.ks]
-        if missing:
-            raise ValueError(f"ks {missing} are not points of the pruning curves (pruning.ks = {self.pruning.ks}); "
-                             "add them to the pruning config (and to its sublayer_ks / search_ks)")
         unknown = [p for p in self.pipelines if p not in PEERS and p != OURS]
         if unknown or not self.pipelines or len(set(self.pipelines)) != len(self.pipelines):
             raise ValueError(f"pipelines must be distinct names of {[*PEERS, OURS]}, got {self.pipelines}")
@@ -242,6 +238,10 @@ class RecipeStudy:
 
 def recipe_stage(config: RecipeStudyConfig) -> RecipeStudy:
     """Run every pipeline at every k (cached variants), then measure perplexity and zero-shot items."""
+    missing = [k for k in config.ks if k not in config.pruning.ks]
+    if missing:  # checked here, not in the config: a profile whose pruning ks were overridden still builds
+        raise ValueError(f"ks {missing} are not points of the pruning curves (pruning.ks = {config.pruning.ks}); "
+                         "add them to the pruning config (and to its sublayer_ks / search_ks)")
     seed_everything(config.seed)
     teacher, tokenizer = shared_model(config.healing.model)
     curves = pruning_stage(config.pruning)
