@@ -156,7 +156,7 @@ def test_the_summary_says_beats_only_where_the_interval_excludes_no_difference()
 def test_bad_settings_are_refused_with_the_fix(workbook):
     config = workbook
     with pytest.raises(ValueError, match="not points of the pruning curves"):
-        recipe_stage(dataclasses.replace(config, ks=(3,)))
+        recipe_stage(dataclasses.replace(config, ks=(3,), zero_shot_ks=None))
     with pytest.raises(ValueError, match="pipelines must be distinct names"):
         dataclasses.replace(config, pipelines=("shortgpt", "minitron"))
     with pytest.raises(KeyError, match="unknown strategy"):
