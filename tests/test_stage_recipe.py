@@ -110,6 +110,8 @@ def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook):
     assert not pd.isna(row.bpb_orig) and pd.isna(table[(table.percent == 20) & (table.pipeline == "sleb")].iloc[0].get("bpb_orig"))
     assert table.iloc[0].pipeline == BASELINE and table.iloc[0].params_M > row.params_M
 
+    text = study_summary(table)  # generated from the pico table: one line per peer and ratio, then the half-widths
+    assert text.count("* vs **") == 2 * len(PEERS) and "Median 95 % interval half-widths" in text
     fig = study_figure(table, paths.CACHE_DIR / "figures")
     assert (paths.CACHE_DIR / "figures" / "recipe_study.pdf").is_file() and len(fig.axes) == 4
     box = recipe_explorer(table)
