@@ -96,7 +96,7 @@ display(Markdown(study_summary(table)))
 
 # %% [markdown]
 # ## The figure
-# Perplexity ratios (log scale) and zero-shot differences to the original, per ratio and pipeline,
+# Perplexity ratios and zero-shot differences to the original, per ratio and pipeline,
 # with 95 % paired intervals; the recipe in black.
 
 # %%

@@ -60,8 +60,6 @@ def study_figure(table: pd.DataFrame, out_dir: Path, name: str = "recipe_study")
         ax.set_xticks(np.arange(len(ratios)), [f"{r} %" for r in ratios])
         ax.set_xlabel("decoder parameters removed")
         ax.set_ylabel(label)
-        if stem.startswith("ppl"):
-            ax.set_yscale("log")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 6))
     save_figure(fig, name, out_dir)
