@@ -167,3 +167,21 @@ def test_bad_settings_are_refused_with_the_fix(workbook):
         dataclasses.replace(config, ours=("sleb", "qlora"))
     with pytest.raises(ValueError, match="zero_shot_ks"):
         dataclasses.replace(config, zero_shot_ks=(3,))
+
+
+def test_a_cached_heal_of_a_sub_block_pruned_model_returns_the_saved_weights(tmp_path):
+    import torch
+
+    from frankenllama.healing import HealConfig, heal
+
+    teacher, tokenizer = tiny_llama(num_layers=4), char_tokenizer()
+    student = prune_sublayers(teacher, [2, 4, 5, 7])  # attention of 1, block 2, MLP of 3
+    ids = torch.randint(3, 90, (6, 16), generator=torch.Generator().manual_seed(0))  # (N, T)
+    config = HealConfig(recipe="linear-patch+kd-lora", tokens=32, batch_size=2, patch_tokens=64, kd_top_k=8)
+    first = heal(student, tokenizer, config, train_blocks=ids, teacher=teacher, calib_blocks=ids, out_dir=tmp_path / "v",
+                 progress=False)  # fmt: skip
+    again = heal(student, tokenizer, config, train_blocks=ids, teacher=teacher, calib_blocks=ids, out_dir=tmp_path / "v",
+                 progress=False)  # fmt: skip
+    assert again.cached and not first.cached
+    with torch.no_grad():
+        assert torch.allclose(again.model(ids).logits, first.model(ids).logits, atol=1e-5)
