@@ -299,7 +299,9 @@ def study_table(study: RecipeStudy) -> pd.DataFrame:
             row.update(_zero_shot(study, k, r.variant, ours))
             row.update({"train_tokens": r.train_tokens, "select_s": r.select_s, "heal_s": r.heal_s, "wall_s": r.wall_s})
             rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    last = ["train_tokens", "select_s", "heal_s", "wall_s"]  # the costs after the measures
+    return table[[c for c in table.columns if c not in last] + last]
 
 
 def _zero_shot(study: RecipeStudy, k: int, variant: str, ours: str | None) -> dict[str, float]:
