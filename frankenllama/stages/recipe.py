@@ -338,7 +338,7 @@ def study_summary(table: pd.DataFrame) -> str:
                 ("bpb_ours", "gold bits per byte", 0.0, "{:+.3f}"), ("acc_norm_ours", "acc_norm", 0.0, "{:+.1f} pts")]
     lines = []
     for pct, group in table[table.pipeline != BASELINE].groupby("percent"):
-        lines.append(f"**{pct} % of the decoder removed**")
+        lines.append(f"\n**{pct} % of the decoder removed** (each peer relative to the recipe at the same size)\n")
         for r in group[group.pipeline != OURS].itertuples():
             wins, losses, open_ = [], [], []
             for stem, label, null, fmt in measures:
@@ -357,8 +357,7 @@ def study_summary(table: pd.DataFrame) -> str:
                 parts.append("it beats the recipe on " + "; ".join(losses))
             if open_:
                 parts.append("not resolved (interval includes no difference): " + "; ".join(open_))
-            lines.append(f"* vs **{r.pipeline}** ({r.strategy} + {r.recipe}), {r.pipeline} relative to the recipe: "
-                         + "; ".join(parts) + ".")
+            lines.append(f"* vs **{r.pipeline}** ({r.strategy} + {r.recipe}): " + "; ".join(parts) + ".")
     return "\n".join(lines + [half_widths(table)])
 
 
