@@ -80,8 +80,12 @@ study.runs[["percent", "pipeline", "strategy", "recipe", "removed", "params_M", 
 # Perplexity in both domains and its ratio to the original's (`_x`, with `_low`/`_high`: 95 % paired
 # bootstrap over eval blocks) and to the recipe's at the same ratio (`_vs_ours_x`); zero-shot
 # differences to the original (`_orig`) and to the recipe (`_ours`): `bpb` = gold answer bits per
-# byte (lower is better), `acc_norm` in points; wall time = selection (notebook 02's search, all its
-# k's) + healing, in seconds.
+# byte (lower is better), `acc_norm` in points; wall time = selection + healing, in seconds. The
+# selection time is notebook 02's, for all of its k's, and a measurement shared by several strategies
+# (the similarity pass, the greedy run) is charged to the first that needed it: read it as an order
+# of magnitude. `recipe` is the recipe as it ran: the linear patch folds into the MLP of the block
+# before a removed run, so where a sub-layer choice removed that MLP (or no whole block) the patch
+# step is dropped and the column says so.
 
 # %%
 table = study_table(study)
