@@ -58,7 +58,8 @@ class EvaluationConfig:
 
     Attributes:
         model: the unpruned reference (registry name, folder or GGUF file).
-        tasks: zero-shot task config (tasks, ``limit`` items per task, seed, chat template).
+        tasks: zero-shot task config (tasks, ``limit`` items per task, seed, chat template); ``None``
+            skips zero-shot (notebook 05 measures perplexity at every ratio, zero-shot at some).
         corpus: text corpus for perplexity and fidelity (its ``eval`` split): the in-domain text.
         ood_corpus: out-of-domain corpus for a second perplexity (its ``eval`` split; ``None``: skip).
         block_len: tokens per eval block; ``ppl_blocks`` blocks of each domain and ``fidelity_blocks``
@@ -66,8 +67,9 @@ class EvaluationConfig:
         speed: how prefill / decode are timed.
         prompts: prompts of the side-by-side greedy generations; ``max_new_tokens`` each.
         variant_prefix: only variants whose name starts with it (``""``: all) ...
-        exclude_prefix: ... and does not start with this one (``None``: keep all; the default
-            leaves out the smoke profile's ``smoke-*`` variants) ...
+        exclude_prefix: ... and does not start with this one or any of these (``None``: keep all; the
+            default leaves out the smoke profile's ``smoke-*`` variants; the profiles also leave out
+            notebook 05's ``recipe-*``) ...
         max_variants: ... at most this many, in name order (``None``: all).
         variants: an explicit tuple of variant names to compare, in this order (replaces the three
             selections above; ``None``: select by them). A name missing from the store is an error.
@@ -75,7 +77,7 @@ class EvaluationConfig:
     """
 
     model: str = DEFAULT_MODEL
-    tasks: TaskEvalConfig = field(default_factory=lambda: TaskEvalConfig(DEFAULT_TASKS, limit=20, chat_template=True))
+    tasks: TaskEvalConfig | None = field(default_factory=lambda: TaskEvalConfig(DEFAULT_TASKS, limit=20, chat_template=True))
     corpus: str = "wiki-leads"
     ood_corpus: str | None = "olmo-passages"
     block_len: int = 256
@@ -85,13 +87,15 @@ class EvaluationConfig:
     prompts: tuple[str, ...] = DEFAULT_PROMPTS[:3]
     max_new_tokens: int = 40
     variant_prefix: str = ""
-    exclude_prefix: str | None = "smoke-"
+    exclude_prefix: str | tuple[str, ...] | None = "smoke-"
     max_variants: int | None = None
     variants: tuple[str, ...] | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
+        if isinstance(self.exclude_prefix, list):
+            object.__setattr__(self, "exclude_prefix", tuple(self.exclude_prefix))
         if isinstance(self.variants, str):
             raise TypeError(f"variants must be a tuple of variant names, e.g. ({self.variants!r},)")
         if self.variants is not None:
@@ -148,7 +152,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Accuracy per task, perplexity in and out of domain, and fidelity to ``reference`` of one model (uncached)."""
     t = config.tasks
-    tasks = evaluate_tasks(model, tokenizer, t.tasks, t.limit, t.seed, t.chat_template, t.batch_size, t.max_batch_tokens)
+    tasks = {} if t is None else evaluate_tasks(model, tokenizer, t.tasks, t.limit, t.seed, t.chat_template,
+                                                t.batch_size, t.max_batch_tokens)  # fmt: skip
     fid = next_token_fidelity(reference, model, fidelity_ids)
     ppl, nll = _perplexity(model, ppl_ids)
     ppl_ood, nll_ood = _perplexity(model, ood_ids) if ood_ids is not None else (None, None)

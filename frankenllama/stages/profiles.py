@@ -31,10 +31,14 @@ from frankenllama.stages.common import DataConfig
 from frankenllama.stages.evaluation import EvaluationConfig
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.pruning import STUDY_KS, PruningConfig, ScoringConfig
+from frankenllama.stages.recipe import RecipeStudyConfig
 from frankenllama.stages.similarity import SimilarityConfig
 from frankenllama.stages.study import StudyConfig
 
 PROFILES: tuple[str, ...] = ("default", "smoke", "thesis")
+# The FrankenLLaMA recipe of notebook 05 and the compress command, (selection strategy, healing recipe): the one
+# place it is set (notebook 05's study decides it).
+OURS_DEFAULT = ("part-swap", "linear-patch+kd-lora")
 HEAL_K = 6  # notebooks 03 onwards heal the best strategy's choice at this k (20 % of SmolLM2's 30 blocks)
 
 
@@ -60,6 +64,7 @@ class Profile:
     heal_k: int
     healing: HealingStageConfig
     evaluation: EvaluationConfig
+    recipe: RecipeStudyConfig  # notebook 05: the recipe against the peers' pipelines
     study_variants_only: bool = False
 
     @property
@@ -85,8 +90,13 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         # the unhealed model's loss (notebook 04 checks it); 16 blocks of each text domain for perplexity
         evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=150, block_len=256, ppl_blocks=16,
                         fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1),
-                        max_new_tokens=40, variant_prefix="", exclude_prefix="smoke-", max_variants=None,
+                        max_new_tokens=40, variant_prefix="", exclude_prefix=("smoke-", "recipe-"), max_variants=None,
                         study_variants_only=True),
+        # notebook 05 (~6-7 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
+        # 8 blocks of 256 tokens per domain at every ratio, zero-shot (100 items x 3 tasks) at 20 % only
+        recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
+                    healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=8192),
+                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=100, block_len=256, ppl_blocks=8)),
     ),
     "smoke": dict(
         calib=(64, 4), score=(64, 2, 2), eval=(64, 2), ks=(0, 1, 2),
@@ -99,6 +109,9 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2, fidelity_blocks=1,
                         speed=SpeedConfig((1, 2), 16, 3, 1, warmup=0, threads=1), max_new_tokens=8,
                         variant_prefix="smoke-", exclude_prefix=None, max_variants=1),
+        recipe=dict(ks=(1, 2), ours=OURS_DEFAULT, zero_shot_ks=(2,), n_boot=200, variant_prefix="smoke-recipe",
+                    healing=dict(tokens=128, block_len=64, batch_size=2, eval_blocks=1, patch_tokens=1024),
+                    evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2)),
     ),
     "thesis": dict(
         calib=(256, 256), score=(256, 32, 32), eval=(256, 64), ks=tuple(range(0, 16)),
@@ -109,7 +122,10 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         healing=dict(tokens=262144, block_len=512, batch_size=8, eval_every=16, eval_blocks=64, patch_tokens=65536),
         evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64, fidelity_blocks=16,
                         speed=SpeedConfig((1, 8), 128, 32, 5, warmup=2, threads=None), max_new_tokens=64,
-                        variant_prefix="", exclude_prefix="smoke-", max_variants=None),
+                        variant_prefix="", exclude_prefix=("smoke-", "recipe-"), max_variants=None),
+        recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=None, n_boot=2000,
+                    healing=dict(tokens=65536, block_len=512, batch_size=8, eval_blocks=8, patch_tokens=65536),
+                    evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64)),
     ),
 }
 
@@ -142,7 +158,7 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     if name not in _SETTINGS:
         raise UnknownProfileError(f"unknown profile {name!r}; choose one of {PROFILES}")
     s, overrides = _SETTINGS[name], dict(overrides or {})
-    stages = ("similarity", "pruning", "study", "heal_k", "healing", "evaluation")
+    stages = ("similarity", "pruning", "study", "heal_k", "healing", "evaluation", "recipe")
     unknown = [key for key in overrides if key.partition(".")[0] not in stages]
     if unknown:
         raise KeyError(f"overrides {unknown} name no stage; start each with one of {stages}")
@@ -163,4 +179,17 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
     study_only = e.pop("study_variants_only", False)
     evaluation = _apply(EvaluationConfig(model=model, tasks=tasks, corpus=corpus, **e), "evaluation", overrides)
-    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, study_only)
+    recipe = _apply(_recipe_config(s["recipe"], model, corpus, pruning), "recipe", overrides)
+    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, recipe, study_only)
+
+
+def _recipe_config(settings: dict[str, Any], model: str, corpus: str, pruning: PruningConfig) -> RecipeStudyConfig:
+    """Notebook 05's config: its own healing budget, perplexity blocks and zero-shot items (no generations)."""
+    r = dict(settings)
+    healing = HealingStageConfig(model=model, corpus=corpus, variant_prefix=None, **r.pop("healing"))
+    e = dict(r.pop("evaluation"))
+    tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
+    speed = SpeedConfig((1,), 8, 2, 1, warmup=0, threads=1)  # the evaluation stage always times; keep it cheap
+    evaluation = EvaluationConfig(model=model, tasks=tasks, corpus=corpus, fidelity_blocks=1, speed=speed, prompts=(),
+                                  max_new_tokens=1, **e)  # its variants are set per ratio (RecipeStudyConfig)
+    return RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, **r)
