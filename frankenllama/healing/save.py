@@ -15,10 +15,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.healing.result import HealResult
+from frankenllama.sublayer import load_sublayer_pruned
 from frankenllama.variants import META_FILE, intact, save_model_folder
 
 _RECORDED = ("tokens_seen", "calib_tokens", "steps", "train_time_s", "wall_time_s", "tokens_per_s", "ppl_before",
@@ -66,8 +67,8 @@ def load_healed(out_dir: Path, fingerprint: str, config: HealConfig) -> HealResu
     meta = json.loads(meta_file.read_text()).get("meta", {})
     if meta.get("fingerprint") != fingerprint or not intact(out_dir):  # a damaged folder is quarantined, then healed again
         return None
-    model = AutoModelForCausalLM.from_pretrained(out_dir, local_files_only=True)
-    model.eval()
+    # not plain from_pretrained: a student with attention / MLP sub-blocks removed would get them back, random
+    model, _ = load_sublayer_pruned(out_dir, device="cpu")
     log = out_dir / "losses.csv"
     losses = list(csv.DictReader(io.StringIO(log.read_text()))) if log.exists() else []
     losses = [{k: float(v) for k, v in row.items() if v != ""} for row in losses]
