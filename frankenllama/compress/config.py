@@ -124,7 +124,3 @@ class CompressConfig:
         if unknown:
             raise CompressConfigError(f"unknown settings {unknown}; CompressConfig has {sorted(names)}")
         return cls(model=model, target=target, profile=profile, **{**PROFILES[profile], **given})
-
-    def run_dict(self) -> dict[str, Any]:
-        """The fields that determine the result (the identity of a finished run)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -89,7 +89,7 @@ def finished_report(out: Path, config: CompressConfig) -> dict[str, Any] | None:
         report = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return report if report.get("run") == to_jsonable(config.run_dict()) and intact(out) else None
+    return report if report.get("config") == to_jsonable(config) and intact(out) else None
 
 
 def check_output(out: Path, force: bool) -> None:
@@ -178,7 +178,7 @@ def compress(config: CompressConfig, out: str | Path, force: bool = False, comma
         record["cached"] = not ran
     report = {
         "command": command or f"python -m frankenllama compress --model {config.model} --target {config.target} --out {out}",
-        "run": to_jsonable(config.run_dict()), "config": to_jsonable(config),
+        "config": to_jsonable(config),
         "target": {"text": config.target, "kind": config.parsed_target.kind, "description": config.parsed_target.describe()},
         "choice": selection, "size": sizes(teacher, compressed, selection), "healing": healing,
         "perplexity": {domain: {"corpus": corpus, **perplexity_comparison(
