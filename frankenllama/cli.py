@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 # verb -> "module:function that adds its subparser"
 VERBS: dict[str, str] = {
+    "compress": "frankenllama.compress.cli:add_parser",
     "export-gguf": "frankenllama.export.cli:add_parser",
     "budget": "frankenllama.export.budget:add_parser",
     "plan": "frankenllama.plan.report:add_parser",

@@ -1,0 +1,126 @@
+"""Every setting of ``compress`` in one place: the named defaults, the profiles, ``CompressConfig``.
+
+The defaults are named constants so that the study which decides them (notebook 05, issue 11)
+changes one line: the selection strategy (``DEFAULT_STRATEGY``, with ``FALLBACK_STRATEGY`` when
+the target cannot be expressed at its granularity), the healing recipe (``DEFAULT_HEAL``) and the
+budgets of each profile (``PROFILES``). A profile also picks the scoring settings of the pruning
+stage (``frankenllama.stages.profiles``), so ``compress`` reads the scores and searches notebook 02
+cached for the same model, and vice versa.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from frankenllama.compress.target import Target, parse_target
+from frankenllama.eval.efficiency import SpeedConfig
+from frankenllama.eval.tasks import check_task_name
+from frankenllama.healing import parse_recipe
+from frankenllama.selection import get_strategy
+
+DEFAULT_STRATEGY = "part-swap"  # swap-search's blocks, then attention-for-attention swaps (notebook 02's best at k = 6, 9)
+FALLBACK_STRATEGY = "swap-search"  # the whole-block strategy used when the default cannot express the target
+DEFAULT_HEAL = "linear-patch+kd-lora"  # training-free patch, then distillation from cached top-k teacher targets
+DEFAULT_TASKS = ("arc_easy", "piqa", "hellaswag")
+IN_DOMAIN, OUT_OF_DOMAIN = "wiki-leads", "olmo-passages"
+
+# The budgets of each profile; everything else is CompressConfig's default. "smoke" is for tests and CI.
+PROFILES: dict[str, dict[str, Any]] = {
+    "default": dict(tokens=65_536, calib_tokens=32_768, eval_items=150, eval_blocks=32,
+                    speed=SpeedConfig((1,), 64, 16, 3, warmup=1, threads=1)),
+    "thesis": dict(tokens=262_144, calib_tokens=65_536, eval_items=None, eval_blocks=64,
+                   speed=SpeedConfig((1, 8), 128, 32, 5, warmup=2)),
+    "smoke": dict(tokens=512, calib_tokens=1_024, eval_items=8, eval_blocks=4, block_len=64, batch_size=2,
+                  checkpoint_every=1, n_boot=200, speed=SpeedConfig((1,), 16, 3, 1, warmup=0, threads=1)),
+}
+
+
+class CompressConfigError(ValueError):
+    """A setting of ``compress`` that cannot work (unknown strategy, recipe, profile or task)."""
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """What one ``compress`` run does; validated on construction (``CompressConfigError``).
+
+    Attributes:
+        model: registry name, transformers folder or GGUF file of the llama-family model.
+        target: the size target as typed (``frankenllama.compress.target``).
+        strategy: a key of ``frankenllama.selection.STRATEGIES``.
+        heal: a healing recipe or composition (``frankenllama.healing.RECIPES``).
+        tokens: training tokens of the trained recipe.
+        calib_tokens: calibration tokens of the linear patch's least-squares fit.
+        profile: scoring settings of the pruning stage (``frankenllama.stages.profiles``) and the budgets.
+        corpus / ood_corpus: in-domain text (its ``train``/``calib`` splits heal, its ``eval`` split
+            is reported) and out-of-domain text (only its ``eval`` split is read).
+        eval_blocks: held-out blocks of ``block_len`` tokens per domain for perplexity.
+        tasks / eval_items: zero-shot tasks and items per task (``None``: all).
+        chat_template: score zero-shot items inside the chat template (``None``: when the tokenizer has one).
+        checkpoint_every: optimizer steps between healing checkpoints (a killed run resumes from the last).
+        n_boot: bootstrap resamples of every paired interval.
+    """
+
+    model: str
+    target: str
+    strategy: str = DEFAULT_STRATEGY
+    fallback_strategy: str | None = FALLBACK_STRATEGY
+    heal: str = DEFAULT_HEAL
+    tokens: int = 65_536
+    calib_tokens: int = 32_768
+    profile: str = "default"
+    seed: int = 0
+    corpus: str = IN_DOMAIN
+    ood_corpus: str = OUT_OF_DOMAIN
+    block_len: int = 256
+    batch_size: int = 4
+    eval_blocks: int = 32
+    tasks: tuple[str, ...] = DEFAULT_TASKS
+    eval_items: int | None = 150
+    chat_template: bool | None = None
+    checkpoint_every: int = 8
+    kd_top_k: int = 64
+    n_boot: int = 2000
+    speed: SpeedConfig = field(default_factory=lambda: PROFILES["default"]["speed"])
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        if self.profile not in PROFILES:
+            raise CompressConfigError(f"unknown profile {self.profile!r}; choose one of {sorted(PROFILES)}")
+        for name in (self.strategy, *([self.fallback_strategy] if self.fallback_strategy else [])):
+            try:
+                get_strategy(name)
+            except KeyError as err:
+                raise CompressConfigError(f"{err.args[0]} (--strategy)") from None
+        try:
+            parse_recipe(self.heal)
+        except KeyError as err:
+            raise CompressConfigError(f"{err.args[0]} (--heal)") from None
+        for task in self.tasks:
+            try:
+                check_task_name(task)
+            except (KeyError, ValueError) as err:
+                raise CompressConfigError(str(err.args[0])) from None
+        ints = {"tokens": self.tokens, "calib_tokens": self.calib_tokens, "block_len": self.block_len,
+                "batch_size": self.batch_size, "eval_blocks": self.eval_blocks, "n_boot": self.n_boot}  # fmt: skip
+        bad = [f"{k}={v!r}" for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if bad or self.block_len < 2 or (self.eval_items is not None and self.eval_items < 1):
+            raise CompressConfigError(f"settings must be positive integers (block_len >= 2): {bad or self.eval_items}")
+        self.parsed_target  # noqa: B018 (validates the target's form)
+
+    @property
+    def parsed_target(self) -> Target:
+        return parse_target(self.target)
+
+    @classmethod
+    def from_profile(cls, model: str, target: str, profile: str = "default", **settings: Any) -> CompressConfig:
+        """The config of ``profile`` for ``model`` and ``target``; ``settings`` (not None) override single fields."""
+        if profile not in PROFILES:
+            raise CompressConfigError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+        given = {k: v for k, v in settings.items() if v is not None}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(given) - names)
+        if unknown:
+            raise CompressConfigError(f"unknown settings {unknown}; CompressConfig has {sorted(names)}")
+        return cls(model=model, target=target, profile=profile, **{**PROFILES[profile], **given})
