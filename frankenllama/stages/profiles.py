@@ -4,7 +4,7 @@ A profile fixes every setting of every notebook: ``"default"`` fits the whole pi
 2-core CPU in about half an hour; ``"smoke"`` runs every notebook end to end in a minute or two
 (tests and CI); ``"thesis"`` uses every evaluation item and larger calibration and healing budgets
 (meant for a GPU). Seeds are the configs' own (0); override them like any field (``"pruning.seed"``). Configs are built in dependency order — similarity → pruning → study →
-healing → evaluation — so a later stage always reads the results an earlier one cached: notebook 02
+healing → evaluation → deployment — so a later stage always reads the results an earlier one cached: notebook 02
 measures on notebook 01's similarity statistics, notebook 03 heals the cut notebook 02 found.
 
 A notebook's parameters cell names the profile and overrides single fields, with dotted paths
@@ -28,6 +28,7 @@ from frankenllama.eval.zero_shot import TaskEvalConfig
 from frankenllama.models import DEFAULT_MODEL
 from frankenllama.selection import STRATEGIES
 from frankenllama.stages.common import DataConfig
+from frankenllama.stages.deployment import DeploymentConfig
 from frankenllama.stages.evaluation import EvaluationConfig
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.pruning import STUDY_KS, PruningConfig, ScoringConfig
@@ -56,6 +57,7 @@ class Profile:
     heal_k: int
     healing: HealingStageConfig
     evaluation: EvaluationConfig
+    deployment: DeploymentConfig  # its cuts are filled in by the notebook (``with_best_cuts``)
 
     @property
     def model(self) -> str:
@@ -77,7 +79,12 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         healing=dict(tokens=8192, block_len=256, batch_size=4, eval_every=4, eval_blocks=8, patch_tokens=8192),
         evaluation=dict(tasks=DEFAULT_TASKS, limit=20, block_len=256, ppl_blocks=8, fidelity_blocks=4,
                         speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1), max_new_tokens=40,
-                        variant_prefix="", exclude_prefix="smoke-", max_variants=None),
+                        variant_prefix="", exclude_prefix=("smoke-", "deploy-"), max_variants=None),
+        # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens; ~5 min of notebook 06
+        deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(128, 8), ood=(128, 4),
+                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=4096, patch_tokens=4096, eval_every=4,
+                                     variant_prefix="deploy"),
+                        prompt_tokens=128, decode_tokens=32, repeats=2, threads=2),
     ),
     "smoke": dict(
         calib=(64, 4), score=(64, 2, 2), eval=(64, 2), ks=(0, 1, 2),
@@ -90,6 +97,10 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2, fidelity_blocks=1,
                         speed=SpeedConfig((1, 2), 16, 3, 1, warmup=0, threads=1), max_new_tokens=8,
                         variant_prefix="smoke-", exclude_prefix=None, max_variants=1),
+        deployment=dict(prune_ks=(2,), qtypes=("f16", "q4_0"), data=(32, 2), ood=(32, 1),
+                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=128, patch_tokens=256, eval_every=1,
+                                     eval_blocks=1, variant_prefix="deploy-smoke"),
+                        prompt_tokens=16, decode_tokens=4, repeats=1, threads=1),
     ),
     "thesis": dict(
         calib=(256, 256), score=(256, 32, 32), eval=(256, 64), ks=tuple(range(0, 16)),
@@ -100,7 +111,10 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         healing=dict(tokens=262144, block_len=512, batch_size=8, eval_every=16, eval_blocks=64, patch_tokens=65536),
         evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64, fidelity_blocks=16,
                         speed=SpeedConfig((1, 8), 128, 32, 5, warmup=2, threads=None), max_new_tokens=64,
-                        variant_prefix="", exclude_prefix="smoke-", max_variants=None),
+                        variant_prefix="", exclude_prefix=("smoke-", "deploy-"), max_variants=None),
+        deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(512, 64), ood=(512, 32),
+                        healing=dict(recipes=("linear-patch+kd-lora",), variant_prefix="deploy"),
+                        prompt_tokens=512, decode_tokens=128, repeats=5, threads=4),
     ),
 }
 
@@ -133,7 +147,7 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     if name not in _SETTINGS:
         raise UnknownProfileError(f"unknown profile {name!r}; choose one of {PROFILES}")
     s, overrides = _SETTINGS[name], dict(overrides or {})
-    stages = ("similarity", "pruning", "study", "heal_k", "healing", "evaluation")
+    stages = ("similarity", "pruning", "study", "heal_k", "healing", "evaluation", "deployment")
     unknown = [key for key in overrides if key.partition(".")[0] not in stages]
     if unknown:
         raise KeyError(f"overrides {unknown} name no stage; start each with one of {stages}")
@@ -153,4 +167,13 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     e = dict(s["evaluation"])
     tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
     evaluation = _apply(EvaluationConfig(model=model, tasks=tasks, corpus=corpus, **e), "evaluation", overrides)
-    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation)
+    deployment = _apply(_deployment(s["deployment"], healing, corpus), "deployment", overrides)
+    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, deployment)
+
+
+def _deployment(settings: dict[str, Any], healing: HealingStageConfig, corpus: str) -> DeploymentConfig:
+    """The deployment config: the healing stage's config with the deployment's one recipe and budget."""
+    d = dict(settings)
+    heal = dataclasses.replace(healing, **d.pop("healing"))
+    return DeploymentConfig(model=healing.model, healing=heal, data=DataConfig(corpus, "eval", *d.pop("data")),
+                            ood_data=DataConfig("olmo-passages", "eval", *d.pop("ood")), **d)
