@@ -91,6 +91,7 @@ class DeploymentConfig:
     repeats: int = 2
     threads: int = 2  # llama.cpp threads of the speed runs
     eval_threads: int = 1  # llama.cpp threads of the logits runs: spinning threads collapse on a busy CPU
+    pre_tokenizer: str | None = None  # llama.cpp pre-tokenizer name when the tokenizer's is not recognised
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -197,7 +198,7 @@ def export_all(config: DeploymentConfig, folder: Path, healed: dict[int, Path]) 
         variant = make()
         for qtype in config.qtypes:
             path = folder / f"{label.replace('=', '').replace(' ', '-')}-{qtype}.gguf"
-            summary = export_gguf(variant, path, qtype, folder=config.model)
+            summary = export_gguf(variant, path, qtype, folder=config.model, pre_tokenizer=config.pre_tokenizer)
             rows.append({"variant": label, "k": k, "removed_pct": round(100 * k / n_blocks, 1), "healed": is_healed,
                          "strategy": strategies.get(k, "none" if k == 0 else "given"), "qtype": qtype,
                          "arch": summary["arch"], "removed_blocks": summary["removed_blocks"],
@@ -231,7 +232,7 @@ def measure_fidelity(rows: list[dict[str, Any]], config: DeploymentConfig, folde
     same = [r["path"] for r in rows if r["k"] == 0 and not r["healed"] and r["qtype"] == "f16"]
     reference_path = Path(same[0]) if same else folder / "reference-f16.gguf"
     if not same:
-        export_gguf(config.model, reference_path, "f16")
+        export_gguf(config.model, reference_path, "f16", pre_tokenizer=config.pre_tokenizer)
     _fidelity_on(rows, config, config.data, reference_path, "")
     if config.ood_data is not None:
         _fidelity_on(rows, config, config.ood_data, reference_path, "_ood")
