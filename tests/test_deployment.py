@@ -160,3 +160,24 @@ def test_explorer_view_rings_the_choice_and_lists_it(tmp_path):
     box = deployment_explorer(MEASURED)
     assert box.children[0].value == "k=6" and box.children[1].value == "q4_0"  # the smallest Pareto point
     assert list(box.children[0].options) == ["k=0", "k=6"]
+
+
+def test_explorer_views_differ_per_choice_and_text_does_not_overlap():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from frankenllama.figures import style
+    from test_explorers import text_boxes
+
+    style.set_style()
+    pngs = set()
+    for row in MEASURED:
+        fig = _view(MEASURED, row["variant"], row["qtype"], style.TEXT_WIDTH)
+        boxes = {**text_boxes(fig), "configuration": fig.axes[-1].texts[0].get_window_extent()}
+        names = list(boxes)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                assert not boxes[a].overlaps(boxes[b]), f"{row['variant']} {row['qtype']}: {a} overlaps {b}"
+        pngs.add(bytes(np.asarray(fig.canvas.buffer_rgba())))
+        plt.close(fig)
+    assert len(pngs) == len(MEASURED)

@@ -7,11 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter
 
 from frankenllama.figures.explorer import explorer
 from frankenllama.figures.style import COLUMN_WIDTH, TEXT_WIDTH, save_figure, series_style
 
 QUALITY_LABELS = {"ppl": "in-domain perplexity", "ppl_ood": "out-of-domain perplexity"}
+# plain numbers on the log axes: every decade, and its 2, 3 and 5 multiples
+_MAJOR = FuncFormatter(lambda v, _: f"{v:g}")
+_MINOR = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "235" else "")
 
 
 def pareto_front(rows: Iterable[dict[str, Any]], size: str = "file_bytes", quality: str = "ppl") -> list[dict[str, Any]]:
@@ -52,6 +56,9 @@ def _draw(ax: plt.Axes, rows: list[dict[str, Any]], quality: str, highlight: dic
         ax.plot(highlight["file_bytes"] / 1e6, highlight[quality], marker="o", ms=11, mfc="none", mec="black", mew=1.5)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(_MAJOR)
+        axis.set_minor_formatter(_MINOR)
     ax.set_xlabel("GGUF file size (MB)")
     ax.set_ylabel(f"{QUALITY_LABELS.get(quality, quality)} (llama.cpp)")
 
