@@ -15,7 +15,7 @@ profile = "default"  # "default" (2 CPU cores, ~5 min), "smoke" (tests) or "thes
 model = ""  # registry name or local transformers folder; empty: the profile's (smollm2-135m)
 corpus = ""  # in-domain corpus (its eval split); empty: wiki-leads. Out of domain: olmo-passages
 context = 2048  # context length whose KV cache the memory budgets below must hold
-pruning_table = ""  # a pruning-curve CSV of notebook 02 (e.g. figures/pruning_curve.csv) to take the cuts from; empty: the pruning stage's cache
+pruning_table = ""  # notebook 02's pruning-curve CSV (figures/pruning_curve.csv) for the cuts; empty: its cache
 overrides = {}  # single settings, e.g. {"deployment.prune_ks": [3, 6], "deployment.healing.recipes": ["lora"]}
 
 # %% [markdown]
@@ -71,8 +71,10 @@ write_table(table, out, "deployment", caption=(
     + (f" and {config.ood_data.n_blocks}x{config.ood_data.block_len} out-of-domain ({config.ood_data.corpus})"
        if config.ood_data else "") + "; KL and top-1 against the original's f16 logits; speeds best of "
     f"{config.repeats} interleaved rounds, {config.threads} threads."))
-shown = ["variant", "qtype", "file_bytes", "peak_rss_bytes", "ppl", "ppl_ood", "kl", "top1", "prefill_tok_s", "decode_tok_s"]
-view = table[[c for c in shown if c in table]].assign(file_bytes=table.file_bytes / 1e6, peak_rss_bytes=table.peak_rss_bytes / 1e6)
+shown = ["variant", "qtype", "file_bytes", "peak_rss_bytes", "ppl", "ppl_ood", "kl", "top1", "prefill_tok_s",
+         "decode_tok_s"]
+view = table[[c for c in shown if c in table]].assign(file_bytes=table.file_bytes / 1e6,
+                                                      peak_rss_bytes=table.peak_rss_bytes / 1e6)
 view.rename(columns={"file_bytes": "file MB", "peak_rss_bytes": "peak RSS MB"}).round(3)
 
 # %% [markdown]
@@ -93,7 +95,8 @@ fig = plot_quality_vs_bytes(rows, out, name="deployment_quality_vs_bytes")
 # `python -m frankenllama budget --memory 64MB --context 2048` answers one budget from the written table.
 
 # %%
-display(Markdown(f"**In domain** ({config.data.corpus}), context {context}:\n\n" + "\n".join(budget_summary(rows, context))))
+display(Markdown(f"**In domain** ({config.data.corpus}), context {context}:\n\n"
+                 + "\n".join(budget_summary(rows, context))))
 if config.ood_data is not None:
     display(Markdown(f"**Out of domain** ({config.ood_data.corpus}), context {context}:\n\n"
                      + "\n".join(budget_summary(rows, context, quality="ppl_ood"))))

@@ -91,7 +91,8 @@ CURVES = pd.DataFrame([  # a pruning stage's table: at k = 3 a sub-block strateg
     {"strategy": "block-influence", "granularity": "layer", "k": 0, "layers": [], "units": [], "eval_ppl": 17.0},
     {"strategy": "block-influence", "granularity": "layer", "k": 3, "layers": [13, 14, 17], "units": [13, 14, 17],
      "eval_ppl": 24.9},
-    {"strategy": "sleb", "granularity": "layer", "k": 3, "layers": [16, 17, 18], "units": [16, 17, 18], "eval_ppl": 21.2},
+    {"strategy": "sleb", "granularity": "layer", "k": 3, "layers": [16, 17, 18], "units": [16, 17, 18],
+     "eval_ppl": 21.2},
     {"strategy": "part-swap", "granularity": "sublayer", "k": 3, "layers": [16, 17], "units": [32, 33, 34, 35, 15, 37],
      "eval_ppl": 20.0},
     {"strategy": "block-influence", "granularity": "layer", "k": 6, "layers": [1, 2, 3, 4, 5, 6], "units": [],
@@ -135,7 +136,8 @@ MEASURED = [_measured(TABLE[0], [2.8, 2.9, 2.7, 2.85]), _measured(TABLE[1], [2.9
 
 def test_budget_summary_names_each_winner_and_its_paired_interval():
     lines = budget_summary(MEASURED, 2048, n_boot=500)
-    # mean block NLL: 3.5, 2.9375, 2.8125; footprints at 2048: k=6 q4_0 80 + 39.3, k=0 q4_0 92 + 47.2, k=0 f16 270 + 47.2 MB (k=6 f16 is dominated)
+    # mean block NLL: 3.5, 2.9375, 2.8125; footprints at 2048: k=6 q4_0 80 + 39.3, k=0 q4_0 92 + 47.2,
+    # k=0 f16 270 + 47.2 MB (k=6 f16 is dominated)
     assert [line.split("**")[1] for line in lines] == ["k=6 q4_0", "k=0 q4_0", "k=0 f16"]
     assert lines[0].startswith("* from 119.3 MB below 139.2 MB") and lines[-1].startswith("* from 317.2 MB and above")
     assert "vs k=6 q4_0: Δ NLL -0.562" in lines[1] and lines[1].endswith("better")

@@ -48,7 +48,8 @@ def assert_widget_state_shows_figures(nb: nbformat.NotebookNode, name: str) -> N
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_smoke_profile(path, tmp_path):
     if path.stem in NEEDS:
-        pytest.importorskip(NEEDS[path.stem], reason=f"{path.stem} needs {NEEDS[path.stem]}: pip install -r requirements-deploy.txt")
+        pytest.importorskip(NEEDS[path.stem], reason=f"{path.stem} needs {NEEDS[path.stem]}: "
+                            "pip install -r requirements-deploy.txt")
     source = tmp_path / f"{path.stem}.ipynb"
     jupytext.write(jupytext.read(path), source)
     out_dir = figures_dir(smoke=True)

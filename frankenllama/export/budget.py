@@ -88,7 +88,9 @@ def with_footprint(table: Iterable[dict[str, Any]], context: int, bytes_per_valu
     return rows
 
 
-def budget_summary(table: Iterable[dict[str, Any]], context: int, quality: str = "ppl", n_boot: int = 2000) -> list[str]:
+def budget_summary(
+    table: Iterable[dict[str, Any]], context: int, quality: str = "ppl", n_boot: int = 2000,
+) -> list[str]:
     """Which combination wins at every memory budget, as sentences (Markdown bullets).
 
     The winners are the Pareto front of (footprint at ``context``, ``quality``): each wins from its

@@ -18,7 +18,9 @@ _MAJOR = FuncFormatter(lambda v, _: f"{v:g}")
 _MINOR = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "235" else "")
 
 
-def pareto_front(rows: Iterable[dict[str, Any]], size: str = "file_bytes", quality: str = "ppl") -> list[dict[str, Any]]:
+def pareto_front(
+    rows: Iterable[dict[str, Any]], size: str = "file_bytes", quality: str = "ppl",
+) -> list[dict[str, Any]]:
     """Rows no other row beats on both size and quality (lower is better for both), by size ascending."""
     front, best = [], float("inf")
     for row in sorted(rows, key=lambda r: (float(r[size]), float(r[quality]))):
@@ -44,8 +46,9 @@ def _draw(ax: plt.Axes, rows: list[dict[str, Any]], quality: str, highlight: dic
             points = sorted((r for r in rows if r["qtype"] == qtype and _healed(r) == healed), key=lambda r: r["k"])
             if not points:
                 continue
-            ax.plot([r["file_bytes"] / 1e6 for r in points], [r[quality] for r in points], ls=ls, marker=style["marker"],
-                    color=style["color"], mfc=mfc, ms=4, alpha=alpha, label=qtype if not healed else None)
+            ax.plot([r["file_bytes"] / 1e6 for r in points], [r[quality] for r in points], ls=ls,
+                    marker=style["marker"], color=style["color"], mfc=mfc, ms=4, alpha=alpha,
+                    label=None if healed else qtype)
             for r in points:
                 ax.annotate(f"{r['k']}", (r["file_bytes"] / 1e6, r[quality]), textcoords="offset points",
                             xytext=(3, -8 if healed else 3), fontsize=6, color=style["color"], alpha=alpha)

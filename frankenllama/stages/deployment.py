@@ -115,7 +115,8 @@ class DeploymentConfig:
         h = self.healing
         if h is not None and (len(h.recipes) != 1 or h.variant_prefix is None or self.granularity != "layer"):
             raise ValueError("healing needs one recipe, a variant_prefix and whole-block removals "
-                             f"(got recipes {h.recipes}, prefix {h.variant_prefix!r}, granularity {self.granularity!r}); "
+                             f"(got recipes {h.recipes}, prefix {h.variant_prefix!r}, "
+                             f"granularity {self.granularity!r}); "
                              "set healing to None for no healed rows")
 
     @property

@@ -25,7 +25,8 @@ from tiny_lm import CHARS, SPECIALS, tiny_llama
 
 pytestmark = [
     pytest.mark.deploy,
-    pytest.mark.skipif(not llamacpp.available(), reason="llama_cpp is not importable: pip install -r requirements-deploy.txt"),
+    pytest.mark.skipif(not llamacpp.available(),
+                       reason="llama_cpp is not importable: pip install -r requirements-deploy.txt"),
 ]
 
 
