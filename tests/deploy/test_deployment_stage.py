@@ -40,7 +40,8 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
 
 @pytest.fixture
 def config(tmp_path, monkeypatch):
-    """A saved 4-block pico llama, a word corpus, the cache in ``tmp_path``; k = 1 (block 2), healed by linear-patch."""
+    """A saved 4-block pico llama, a word corpus, the cache in ``tmp_path``; k = 1 (block 2), healed by the
+    notebook's default recipe (linear patch, then distillation into LoRA)."""
     monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")
     monkeypatch.setattr(paths, "VARIANTS_DIR", tmp_path / "cache" / "variants")
     model_dir = tmp_path / "pico"
@@ -50,7 +51,8 @@ def config(tmp_path, monkeypatch):
     words = "the a of and to in is was on for by with as at from it that this an be".split()
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(30)) for _ in range(80)))
-    heal = HealingStageConfig(model=str(model_dir), corpus=str(corpus), recipes=("linear-patch",), tokens=32,
+    heal = HealingStageConfig(model=str(model_dir), corpus=str(corpus), recipes=("linear-patch+kd-lora",),
+                              tokens=32, kd_top_k=8,
                               block_len=16, batch_size=2, eval_every=1, eval_blocks=2, patch_tokens=32,
                               variant_prefix="deploy-test")
     yield DeploymentConfig(model=str(model_dir), removals={1: [2]}, strategies={1: "given"}, prune_ks=(1,),
@@ -74,5 +76,5 @@ def test_deployment_stage_rows_values_and_cache(config):
     assert rows[1]["file_bytes"] < rows[0]["file_bytes"] and rows[2]["file_bytes"] < rows[0]["file_bytes"]
     assert rows[2]["removed_blocks"] == [2] and rows[4]["healed"] and rows[4]["strategy"] == "given"
     assert rows[2]["kl"] > 0 and rows[4]["ppl"] != rows[2]["ppl"]  # healing changed the model
-    assert [v.name for v in list_variants()] == ["deploy-test-k1-linear-patch"]
+    assert [v.name for v in list_variants()] == ["deploy-test-k1-linear-patch+kd-lora"]
     assert deployment_stage(config) == rows  # read from the cache
