@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DEPLOY_STAMP := $(VENV)/.deploy-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
 NUMBERS := $(foreach nb,$(NOTEBOOKS),$(firstword $(subst _, ,$(notdir $(nb)))))
 PROFILE ?= default
@@ -15,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 # relative paths in notebook parameters and on the command line mean the folder make runs in (the repository root)
 export FRANKENLLAMA_CWD := $(CURDIR)
 
-.PHONY: install data figures test lab deploy-check browser-deps clean $(addprefix notebook-,$(NUMBERS))
+.PHONY: install deploy-deps data figures test lab deploy-check browser-deps clean $(addprefix notebook-,$(NUMBERS))
 
 $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +28,14 @@ $(STAMP): requirements.txt requirements-assets.txt pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# The llama.cpp runtime (llama-cpp-python, a source distribution): notebook 06 and tests/deploy need it.
+# Built once with every core (about 9 CPU-minutes; pip caches the wheel, so a rebuilt venv reuses it).
+$(DEPLOY_STAMP): $(STAMP) requirements-deploy.txt
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -r requirements-deploy.txt
+	touch $@
+
+deploy-deps: $(DEPLOY_STAMP)
 
 # Prepared inputs: the dequantised model cached as safetensors (once, ~15 s).
 data: $(STAMP)
@@ -43,6 +52,8 @@ $(addprefix notebook-,$(NUMBERS)): notebook-%: data
 	    build/notebooks/$$name.source.ipynb build/notebooks/$$name.ipynb && \
 	  echo "== $$name took $$(( $$(date +%s) - start )) s"
 
+notebook-06: $(DEPLOY_STAMP)  # runs the exported models in llama.cpp
+
 # Every notebook in order on the default profile; figures land in figures/.
 figures: data
 	@for n in $(NUMBERS); do $(MAKE) --no-print-directory notebook-$$n || exit 1; done
@@ -56,13 +67,13 @@ browser-deps:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; } \
 	  || echo "chromium could not be installed: the browser suite (tests/browser) will be skipped"
 
-test: $(STAMP) browser-deps
+# Every test, the llama.cpp checks (tests/deploy) and notebook 06 included: installs their runtime first.
+test: $(STAMP) $(DEPLOY_STAMP) browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # llama.cpp itself against transformers: exported GGUF files (original, whole-block and sub-block
 # pruned) must give the same logits and greedy tokens. Builds llama-cpp-python once (pip caches it).
-deploy-check: $(STAMP)
-	$(PY) -m pip install --quiet -r requirements-deploy.txt
+deploy-check: $(DEPLOY_STAMP)
 	$(PY) -m pytest -m deploy tests/deploy $(PYTEST_ARGS)
 
 clean:

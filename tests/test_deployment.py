@@ -1,4 +1,5 @@
-"""The deployment study's pieces that need no llama.cpp: config validation, device budget, Pareto front."""
+"""The deployment study's pieces that need no llama.cpp: config validation, cuts, device budget, Pareto front,
+the budget sentences, the table and the explorer's view."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ import csv
 
 import pytest
 
+import pandas as pd
+
 from frankenllama import cli
-from frankenllama.export.budget import best_under_memory, kv_cache_bytes, parse_bytes
-from frankenllama.figures.deployment import pareto_front, plot_quality_vs_bytes
-from frankenllama.stages.deployment import DeploymentConfig
+from frankenllama.export.budget import best_under_memory, budget_summary, kv_cache_bytes, parse_bytes, read_table
+from frankenllama.figures.deployment import _view, deployment_explorer, pareto_front, plot_quality_vs_bytes
+from frankenllama.stages.deployment import DeploymentConfig, deployment_table, read_pruning_curves, with_best_cuts
+from frankenllama.stages.healing import HealingStageConfig
+from frankenllama.stages.profiles import build
 
 KV = {"kv_layers": 30, "n_kv_heads": 3, "head_dim": 64}
 TABLE = [
@@ -74,5 +79,107 @@ def test_deployment_config_validates():
         DeploymentConfig(removals={3: [33, 34, 35]}, granularity="sublayer")
     with pytest.raises(ValueError, match="qtypes"):
         DeploymentConfig(qtypes=("q3_k",))
-    with pytest.raises(ValueError, match="healed"):
-        DeploymentConfig(healed="/nonexistent")
+    with pytest.raises(ValueError, match="one recipe"):
+        DeploymentConfig(healing=HealingStageConfig(recipes=("lora", "kd-lora")))
+    with pytest.raises(ValueError, match="whole-block"):
+        DeploymentConfig(healing=HealingStageConfig(recipes=("lora",)), granularity="sublayer")
+    config = DeploymentConfig(healing=HealingStageConfig(recipes=("lora",), variant_prefix="deploy"))
+    assert config.healed_variant(6) == "deploy-k6-lora"
+
+
+CURVES = pd.DataFrame([  # a pruning stage's table: at k = 3 a sub-block strategy is best overall, not among blocks
+    {"strategy": "block-influence", "granularity": "layer", "k": 0, "layers": [], "units": [], "eval_ppl": 17.0},
+    {"strategy": "block-influence", "granularity": "layer", "k": 3, "layers": [13, 14, 17], "units": [13, 14, 17],
+     "eval_ppl": 24.9},
+    {"strategy": "sleb", "granularity": "layer", "k": 3, "layers": [16, 17, 18], "units": [16, 17, 18],
+     "eval_ppl": 21.2},
+    {"strategy": "part-swap", "granularity": "sublayer", "k": 3, "layers": [16, 17], "units": [32, 33, 34, 35, 15, 37],
+     "eval_ppl": 20.0},
+    {"strategy": "block-influence", "granularity": "layer", "k": 6, "layers": [1, 2, 3, 4, 5, 6], "units": [],
+     "eval_ppl": 40.0},
+])
+
+
+def test_with_best_cuts_takes_the_best_whole_block_strategy(tmp_path):
+    config = with_best_cuts(DeploymentConfig(prune_ks=(3, 6)), CURVES)
+    assert config.removals == ((3, (16, 17, 18)), (6, (1, 2, 3, 4, 5, 6)))
+    assert config.strategies == ((3, "sleb"), (6, "block-influence"))
+    with pytest.raises(ValueError, match="no whole-block strategy at k = \\[9\\]"):
+        with_best_cuts(DeploymentConfig(prune_ks=(3, 9)), CURVES)
+    # notebook 02's written table ("13 14 17" cells) gives the same cuts
+    written = CURVES.assign(layers=[" ".join(map(str, v)) for v in CURVES.layers])
+    written.to_csv(tmp_path / "pruning_curve.csv", index=False)
+    again = with_best_cuts(DeploymentConfig(prune_ks=(3, 6)), read_pruning_curves(tmp_path / "pruning_curve.csv"))
+    assert again == config
+
+
+def test_profiles_build_the_deployment_config():
+    default, smoke = build("default"), build("smoke")
+    assert default.deployment.prune_ks == (3, 6, 9) and default.deployment.healing.recipes == ("linear-patch+kd-lora",)
+    assert default.deployment.healing.tokens < default.healing.tokens  # notebook 06 keeps to a few minutes
+    assert default.deployment.ood_data.corpus == "olmo-passages" and default.deployment.data.split == "eval"
+    # notebook 04 leaves the deployment's healed variants out
+    assert "deploy-k3-linear-patch+kd-lora".startswith(default.evaluation.exclude_prefix)
+    assert not smoke.deployment.healing.variant_prefix.startswith(smoke.evaluation.variant_prefix)
+    changed = build("smoke", overrides={"deployment.healing.recipes": ["lora"], "deployment.repeats": 3})
+    assert changed.deployment.healing.recipes == ("lora",) and changed.deployment.repeats == 3
+
+
+def _measured(row, nll):
+    return {**row, "nll_blocks": nll, "ppl_ood": row["ppl"] * 1.5, "nll_blocks_ood": nll, "kl": 0.1, "top1": 0.8,
+            "peak_rss_bytes": row["file_bytes"] + 50e6, "prefill_tok_s": 500.0, "removed_blocks": [13, 14]}
+
+
+MEASURED = [_measured(TABLE[0], [2.8, 2.9, 2.7, 2.85]), _measured(TABLE[1], [2.9, 3.0, 2.9, 2.95]),
+            _measured(TABLE[2], [3.5, 3.4, 3.6, 3.5]), _measured(TABLE[3], [3.4, 3.4, 3.5, 3.45])]
+
+
+def test_budget_summary_names_each_winner_and_its_paired_interval():
+    lines = budget_summary(MEASURED, 2048, n_boot=500)
+    # mean block NLL: 3.5, 2.9375, 2.8125; footprints at 2048: k=6 q4_0 80 + 39.3, k=0 q4_0 92 + 47.2,
+    # k=0 f16 270 + 47.2 MB (k=6 f16 is dominated)
+    assert [line.split("**")[1] for line in lines] == ["k=6 q4_0", "k=0 q4_0", "k=0 f16"]
+    assert lines[0].startswith("* from 119.3 MB below 139.2 MB") and lines[-1].startswith("* from 317.2 MB and above")
+    assert "vs k=6 q4_0: Δ NLL -0.562" in lines[1] and lines[1].endswith("better")
+    assert "vs k=0 q4_0: Δ NLL -0.125" in lines[2] and lines[2].endswith("better")
+    assert len(budget_summary(MEASURED, 2048, quality="ppl_ood", n_boot=100)) == 3
+
+
+def test_deployment_table_round_trips_through_the_budget_verb(tmp_path):
+    table = deployment_table(MEASURED)
+    assert "nll_blocks" not in table and table.removed_blocks[0] == "13 14"
+    table.to_csv(tmp_path / "deployment.csv", index=False)
+    rows = read_table(tmp_path / "deployment.csv")
+    assert rows[2]["file_bytes"] == 80_000_000 and rows[2]["removed_blocks"] == "13 14"
+    assert (best_under_memory(rows, 150_000_000, 2048)["variant"], rows[0]["healed"]) == ("k=0", "False")
+
+
+def test_explorer_view_rings_the_choice_and_lists_it(tmp_path):
+    fig = _view(MEASURED, "k=6", "q4_0", 7.0)
+    assert len(fig.axes) == 3  # in domain, out of domain, the configuration
+    text = fig.axes[-1].texts[0].get_text()
+    assert text.startswith("k=6, q4_0") and "file: 80.0 MB" in text and "removed blocks: 13 14" in text
+    box = deployment_explorer(MEASURED)
+    assert box.children[0].value == "k=6" and box.children[1].value == "q4_0"  # the smallest Pareto point
+    assert list(box.children[0].options) == ["k=0", "k=6"]
+
+
+def test_explorer_views_differ_per_choice_and_text_does_not_overlap():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from frankenllama.figures import style
+    from test_explorers import text_boxes
+
+    style.set_style()
+    pngs = set()
+    for row in MEASURED:
+        fig = _view(MEASURED, row["variant"], row["qtype"], style.TEXT_WIDTH)
+        boxes = {**text_boxes(fig), "configuration": fig.axes[-1].texts[0].get_window_extent()}
+        names = list(boxes)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                assert not boxes[a].overlaps(boxes[b]), f"{row['variant']} {row['qtype']}: {a} overlaps {b}"
+        pngs.add(bytes(np.asarray(fig.canvas.buffer_rgba())))
+        plt.close(fig)
+    assert len(pngs) == len(MEASURED)

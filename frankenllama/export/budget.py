@@ -66,10 +66,7 @@ def best_under_memory(
     """
     if context < 1 or memory_bytes < 1:
         raise ValueError(f"need a positive memory and context, got {memory_bytes} bytes, context {context}")
-    rows = []
-    for row in table:
-        kv = kv_cache_bytes(row, context, bytes_per_value)
-        rows.append({**row, "kv_cache_bytes": kv, "footprint_bytes": int(row["file_bytes"]) + kv})
+    rows = with_footprint(table, context, bytes_per_value)
     if not rows:
         raise ValueError("the deployment table is empty")
     fits = [r for r in rows if r["footprint_bytes"] <= memory_bytes]
@@ -80,6 +77,47 @@ def best_under_memory(
             f"needs {small['footprint_bytes'] / 1e6:.1f} MB; raise --memory or lower --context"
         )
     return min(fits, key=lambda r: (float(r[quality]), r["footprint_bytes"]))
+
+
+def with_footprint(table: Iterable[dict[str, Any]], context: int, bytes_per_value: float = 2) -> list[dict[str, Any]]:
+    """Each row with ``kv_cache_bytes`` (at ``context``) and ``footprint_bytes`` = file + KV cache added."""
+    rows = []
+    for row in table:
+        kv = kv_cache_bytes(row, context, bytes_per_value)
+        rows.append({**row, "kv_cache_bytes": kv, "footprint_bytes": int(row["file_bytes"]) + kv})
+    return rows
+
+
+def budget_summary(
+    table: Iterable[dict[str, Any]], context: int, quality: str = "ppl", n_boot: int = 2000,
+) -> list[str]:
+    """Which combination wins at every memory budget, as sentences (Markdown bullets).
+
+    The winners are the Pareto front of (footprint at ``context``, ``quality``): each wins from its
+    footprint up to the next one's. Each winner is compared with the winner just below it on the same
+    held-out blocks (``nll_blocks``, or ``nll_blocks_ood`` for ``ppl_ood``): the mean difference of
+    per-block NLL with a 95 % paired-bootstrap interval (``frankenllama.eval.paired``); "better" only
+    when the interval excludes 0.
+    """
+    from frankenllama.eval.paired import paired_difference
+    from frankenllama.figures.deployment import pareto_front
+
+    nll = "nll_blocks_ood" if quality.endswith("_ood") else "nll_blocks"
+    front = pareto_front(with_footprint(table, context), size="footprint_bytes", quality=quality)
+    lines, previous = [], None
+    for i, row in enumerate(front):
+        upto = f"below {front[i + 1]['footprint_bytes'] / 1e6:.1f} MB" if i + 1 < len(front) else "and above"
+        line = (f"* from {row['footprint_bytes'] / 1e6:.1f} MB {upto}: **{describe(row)}**, perplexity "
+                f"{float(row[quality]):.2f} (weights {int(row['file_bytes']) / 1e6:.1f} MB + KV cache "
+                f"{row['kv_cache_bytes'] / 1e6:.1f} MB)")
+        if previous is not None and nll in row and nll in previous:
+            d = paired_difference(row[nll], previous[nll], n_boot=n_boot)
+            verdict = "better" if d.significant else "not distinguishable on these blocks"
+            line += (f"; vs {describe(previous)}: Δ NLL {d.diff:+.3f} nats/token [{d.low:+.3f}, {d.high:+.3f}] "
+                     f"over {d.n} blocks, {verdict}")
+        lines.append(line)
+        previous = row
+    return lines
 
 
 def describe(row: dict[str, Any]) -> str:

@@ -1,8 +1,11 @@
 """Notebook 06's stage: depth pruning × quantization, measured where such models are deployed (llama.cpp).
 
-For each removal (k blocks of the decoder, or the same number of sub-blocks' worth, chosen by the
-caller: notebook 02's best strategy) and each GGUF storage type, the stage exports the model
-(``frankenllama.export.export_gguf``) and measures in llama.cpp:
+For each removal (k whole blocks: notebook 02's best whole-block strategy at each k, see
+``with_best_cuts``; or the same number of sub-blocks' worth, chosen by the caller), with and
+without healing (``healing``: each k's cut healed with one recipe by the healing stage,
+``frankenllama.stages.healing``; saved as variants ``<prefix>-k<k>-<recipe>``, so a re-run reads them),
+and each GGUF storage type, the stage exports the model (``frankenllama.export.export_gguf``) and
+measures in llama.cpp:
 
 - ``file_bytes``: the GGUF file's size;
 - ``peak_rss_bytes``: the peak resident set of a fresh process that loads the file, prefills
@@ -12,9 +15,12 @@ caller: notebook 02's best strategy) and each GGUF storage type, the stage expor
   time: interference from other processes only ever slows a run down); within a round every
   combination runs once, in order, so slow drift of a shared CPU hits all alike (side by side,
   interleaved, one run); ``threads`` llama.cpp threads;
-- ``ppl``: held-out perplexity from llama.cpp's logits on ``data`` (blocks scored independently);
-- ``kl`` / ``top1``: mean KL(original ‖ variant) per position and top-1 agreement with the
-  original model's f16 GGUF logits on the same blocks.
+- ``ppl``: held-out perplexity from llama.cpp's logits on ``data`` (in-domain: the corpus's eval
+  split; blocks scored independently), ``ppl_ood`` on ``ood_data`` (out-of-domain: olmo-passages);
+- ``kl`` / ``top1`` (and ``kl_ood`` / ``top1_ood``): mean KL(original ‖ variant) per position and
+  top-1 agreement with the original model's f16 GGUF logits on the same blocks;
+- ``nll_blocks`` / ``nll_blocks_ood``: each block's mean next-token NLL, for paired comparisons of
+  two rows on the same blocks (``frankenllama.export.budget.budget_summary``).
 
 Rows also carry what a KV cache needs (``kv_layers``: blocks with attention, ``n_kv_heads``,
 ``head_dim``), so ``frankenllama.export.budget.best_under_memory`` can add the cache for a context.
@@ -22,6 +28,7 @@ Rows also carry what a KV cache needs (``kv_layers``: blocks with attention, ``n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -30,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from frankenllama.cache import cached_json, seed_everything
@@ -37,40 +45,60 @@ from frankenllama.export import llamacpp, probe
 from frankenllama.export.gguf import QTYPES, export_gguf, layer_shapes
 from frankenllama.models import DEFAULT_MODEL, decoder_layers, load_model, load_tokenizer, model_folder
 from frankenllama.stages.common import DataConfig
+from frankenllama.stages.healing import HealingStageConfig, healing_stage
+from frankenllama.stages.pruning import best_strategies
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
+from frankenllama.variants import variant_path
 
 CODE = ("frankenllama.export", "frankenllama.sublayer", "frankenllama.surgery", "frankenllama.data",
-        "frankenllama.models", "frankenllama.loss")  # what computes the cached result
+        "frankenllama.models", "frankenllama.loss", "frankenllama.healing", "frankenllama.stages.healing",
+        "frankenllama.stages.deployment")  # what computes the cached result (healing: the healed rows)
 GRANULARITIES = ("layer", "sublayer")
+LIST_COLUMNS = ("removed_blocks", "removed_sublayers", "nll_blocks", "nll_blocks_ood")  # not table cells
+
+
+def _frozen(mapping: Any, value) -> tuple[tuple[int, Any], ...]:
+    items = mapping.items() if isinstance(mapping, dict) else mapping
+    return tuple(sorted((int(k), value(v)) for k, v in items))
 
 
 def _frozen_removals(removals: Any) -> tuple[tuple[int, tuple[int, ...]], ...]:
-    items = removals.items() if isinstance(removals, dict) else removals
-    return tuple(sorted((int(k), tuple(sorted(int(u) for u in units))) for k, units in items))
+    return _frozen(removals, lambda units: tuple(sorted(int(u) for u in units)))
 
 
 @dataclass(frozen=True)
 class DeploymentConfig:
-    """What the deployment study measures; a dict ``removals`` ``{k: units}`` is frozen to sorted pairs."""
+    """What the deployment study measures; dicts ``removals`` / ``strategies`` are frozen to sorted pairs.
+
+    ``prune_ks``: the k's whose cuts ``with_best_cuts`` takes from the pruning stage (the stage refuses
+    to run while one is missing from ``removals``). ``healing``: the healing stage's config with exactly
+    one recipe; its ``variant_prefix`` names the healed variants ``<prefix>-k<k>-<recipe>`` (``None``:
+    no healed rows).
+    """
 
     model: str = DEFAULT_MODEL
     removals: Any = ()  # {k: original block ids (layer) or sub-block ids 2ℓ / 2ℓ+1 (sublayer)}, k = 0 implied
     granularity: str = "layer"  # what the ids of `removals` are
+    strategies: Any = ()  # {k: the strategy that chose removals[k]} (a label of the rows)
+    prune_ks: tuple[int, ...] = ()
     qtypes: tuple[str, ...] = ("f16", "q8_0", "q4_0")
-    healed: str | None = None  # folder of a healed variant (notebook 03), measured as an extra row set
-    healed_k: int = 6  # the k the healed variant was pruned at (its label)
+    healing: HealingStageConfig | None = None
     data: DataConfig = field(default_factory=lambda: DataConfig(split="eval", block_len=128, n_blocks=8))
+    ood_data: DataConfig | None = field(default_factory=lambda: DataConfig("olmo-passages", "eval", 128, 4))
     prompt_tokens: int = 128
     decode_tokens: int = 32
     repeats: int = 2
     threads: int = 2  # llama.cpp threads of the speed runs
     eval_threads: int = 1  # llama.cpp threads of the logits runs: spinning threads collapse on a busy CPU
+    pre_tokenizer: str | None = None  # llama.cpp pre-tokenizer name when the tokenizer's is not recognised
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "removals", _frozen_removals(self.removals))
+        object.__setattr__(self, "strategies", _frozen(self.strategies, str))
         object.__setattr__(self, "qtypes", tuple(self.qtypes))
+        object.__setattr__(self, "prune_ks", tuple(int(k) for k in self.prune_ks))
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         bad = [q for q in self.qtypes if q not in QTYPES]
@@ -82,12 +110,47 @@ class DeploymentConfig:
             raise ValueError(f"removals at k = {wrong} do not hold {per_k}·k {self.granularity} ids")
         if min(self.prompt_tokens, self.decode_tokens, self.repeats, self.threads, self.eval_threads) < 1:
             raise ValueError("prompt_tokens, decode_tokens, repeats, threads and eval_threads must be positive")
-        if self.healed is not None and not (Path(self.healed) / "config.json").is_file():
-            raise ValueError(f"healed variant {self.healed} is not a model folder (no config.json)")
+        if any(k < 1 for k in self.prune_ks):
+            raise ValueError(f"prune_ks must be positive block counts, got {self.prune_ks}")
+        h = self.healing
+        if h is not None and (len(h.recipes) != 1 or h.variant_prefix is None or self.granularity != "layer"):
+            raise ValueError("healing needs one recipe, a variant_prefix and whole-block removals "
+                             f"(got recipes {h.recipes}, prefix {h.variant_prefix!r}, "
+                             f"granularity {self.granularity!r}); "
+                             "set healing to None for no healed rows")
 
     @property
     def ks(self) -> list[int]:
         return sorted({0} | {k for k, _ in self.removals})
+
+    def healed_variant(self, k: int) -> str:
+        """The variant name of k's healed cut: ``<healing.variant_prefix>-k<k>-<recipe>``."""
+        assert self.healing is not None
+        return f"{self.healing.variant_prefix}-k{k}-{self.healing.recipes[0]}"
+
+
+def with_best_cuts(config: DeploymentConfig, curves: pd.DataFrame) -> DeploymentConfig:
+    """``config`` with ``removals`` and ``strategies`` at each of its ``prune_ks`` set to the best whole-block cut.
+
+    ``curves``: the pruning stage's table (``pruning_stage(profile.pruning)``, or notebook 02's
+    written ``pruning_curve.csv`` read with ``read_pruning_curves``); the cut at k is the layer strategy
+    of lowest eval perplexity (``best_strategies``, as ``best_selection`` hands notebook 03).
+    """
+    best = best_strategies(curves, "layer").set_index("k")
+    missing = [k for k in config.prune_ks if k not in best.index]
+    if missing:
+        raise ValueError(f"the pruning curves have no whole-block strategy at k = {missing}; "
+                         f"measure them in notebook 02 (pruning.ks) or change deployment.prune_ks")
+    removals = {k: [int(i) for i in best.loc[k, "layers"]] for k in config.prune_ks}
+    return dataclasses.replace(config, removals=removals, granularity="layer",
+                               strategies={k: best.loc[k, "strategy"] for k in config.prune_ks})
+
+
+def read_pruning_curves(path: str | Path) -> pd.DataFrame:
+    """Notebook 02's ``pruning_curve.csv`` as the pruning stage's table (block ids back to lists)."""
+    curves = pd.read_csv(path, keep_default_na=False)
+    curves["layers"] = [[int(i) for i in str(v).replace(",", " ").strip("[] ").split()] for v in curves["layers"]]
+    return curves
 
 
 def pruned(model: torch.nn.Module, units: tuple[int, ...], granularity: str) -> torch.nn.Module:
@@ -105,32 +168,51 @@ def _kv_shape(model: torch.nn.Module) -> dict[str, int]:
             "head_dim": head_dim, "n_blocks": len(decoder_layers(model))}
 
 
-def export_all(config: DeploymentConfig, folder: Path) -> list[dict[str, Any]]:
-    """Export every (removal, qtype) combination into ``folder``; one row per file, no measurements yet."""
+def heal_cuts(config: DeploymentConfig) -> dict[int, Path]:
+    """Heal each k > 0's cut with ``config.healing``'s one recipe (the healing stage; a saved variant with
+    the same run fingerprint is read, not retrained); the healed variants' folders by k."""
+    if config.healing is None:
+        return {}
+    strategies = dict(config.strategies)
+    folders = {}
+    for k, units in config.removals:
+        if k == 0:
+            continue
+        heal = dataclasses.replace(config.healing, model=config.model,
+                                   variant_prefix=f"{config.healing.variant_prefix}-k{k}")
+        healing_stage(heal, units, strategies.get(k, "given"))
+        folders[k] = variant_path(config.healed_variant(k))
+    return folders
+
+
+def export_all(config: DeploymentConfig, folder: Path, healed: dict[int, Path]) -> list[dict[str, Any]]:
+    """Export every (removal, healed?, qtype) combination into ``folder``; one row per file, no measurements yet."""
     model, _ = load_model(config.model, dtype=torch.float32, device="cpu")
-    variants = [(f"k={k}", k, False, pruned(model, dict(config.removals).get(k, ()), config.granularity))
+    removals, strategies = dict(config.removals), dict(config.strategies)
+    variants = [(f"k={k}", k, False, lambda k=k: pruned(model, removals.get(k, ()), config.granularity))
                 for k in config.ks]
-    if config.healed is not None:
-        healed, _ = load_model(config.healed, dtype=torch.float32, device="cpu")
-        variants.append((f"k={config.healed_k} healed", config.healed_k, True, healed))
+    variants += [(f"k={k} healed", k, True, lambda f=f: load_model(f, dtype=torch.float32, device="cpu")[0])
+                 for k, f in sorted(healed.items())]
+    n_blocks = len(decoder_layers(model))
     rows = []
-    for label, k, is_healed, variant in variants:
+    for label, k, is_healed, make in variants:
+        variant = make()
         for qtype in config.qtypes:
             path = folder / f"{label.replace('=', '').replace(' ', '-')}-{qtype}.gguf"
-            summary = export_gguf(variant, path, qtype, folder=config.model)
-            rows.append({"variant": label, "k": k, "healed": is_healed, "qtype": qtype, "arch": summary["arch"],
-                         "removed_blocks": summary["removed_blocks"], "removed_sublayers": summary["removed_sublayers"],
-                         "file_bytes": summary["bytes"], "path": str(path), **_kv_shape(variant)})
+            summary = export_gguf(variant, path, qtype, folder=config.model, pre_tokenizer=config.pre_tokenizer)
+            rows.append({"variant": label, "k": k, "removed_pct": round(100 * k / n_blocks, 1), "healed": is_healed,
+                         "strategy": strategies.get(k, "none" if k == 0 else "given"), "qtype": qtype,
+                         "arch": summary["arch"], "removed_blocks": summary["removed_blocks"],
+                         "removed_sublayers": summary["removed_sublayers"], "file_bytes": summary["bytes"],
+                         "path": str(path), **_kv_shape(variant)})
+        del variant
     return rows
 
 
-def measure_fidelity(rows: list[dict[str, Any]], config: DeploymentConfig, folder: Path) -> None:
-    """Add ``ppl``, ``kl`` and ``top1`` (vs the original's f16 GGUF) to each row, from llama.cpp's logits."""
-    blocks = config.data.blocks(load_tokenizer(model_folder(config.model)))  # (N, T)
-    same = [r["path"] for r in rows if r["k"] == 0 and not r["healed"] and r["qtype"] == "f16"]
-    reference_path = Path(same[0]) if same else folder / "reference-f16.gguf"
-    if not same:
-        export_gguf(config.model, reference_path, "f16")
+def _fidelity_on(rows: list[dict[str, Any]], config: DeploymentConfig, data: DataConfig, reference_path: Path,
+                 suffix: str) -> None:
+    """Add ``ppl``, ``kl``, ``top1`` and ``nll_blocks`` (+ ``suffix``) on ``data``'s blocks to each row."""
+    blocks = data.blocks(load_tokenizer(model_folder(config.model)))  # (N, T)
     llm = llamacpp.open_gguf(reference_path, n_ctx=blocks.shape[1], n_threads=config.eval_threads)
     reference = torch.from_numpy(llamacpp.block_logits(llm, blocks))  # (N, T, V)
     del llm
@@ -139,8 +221,22 @@ def measure_fidelity(rows: list[dict[str, Any]], config: DeploymentConfig, folde
         logits = llamacpp.block_logits(llm, blocks)
         del llm
         fit = llamacpp.agreement(reference, logits)
-        row.update(ppl=llamacpp.perplexity_from_logits(logits, blocks), kl=fit["kl"], top1=fit["top1"])
-    print(f"fidelity on {tuple(blocks.shape)} eval blocks done", file=sys.stderr)
+        nll = llamacpp.nll_from_logits(logits, blocks)  # (N, T-1)
+        row.update({f"ppl{suffix}": float(nll.mean().exp()), f"kl{suffix}": fit["kl"], f"top1{suffix}": fit["top1"],
+                    f"nll_blocks{suffix}": nll.mean(dim=1).tolist()})
+    print(f"fidelity on {tuple(blocks.shape)} {data.corpus} {data.split} blocks done", file=sys.stderr)
+
+
+def measure_fidelity(rows: list[dict[str, Any]], config: DeploymentConfig, folder: Path) -> None:
+    """Add ``ppl``, ``kl``, ``top1`` (vs the original's f16 GGUF) to each row, from llama.cpp's logits;
+    the same with suffix ``_ood`` on ``ood_data`` when it is set."""
+    same = [r["path"] for r in rows if r["k"] == 0 and not r["healed"] and r["qtype"] == "f16"]
+    reference_path = Path(same[0]) if same else folder / "reference-f16.gguf"
+    if not same:
+        export_gguf(config.model, reference_path, "f16", pre_tokenizer=config.pre_tokenizer)
+    _fidelity_on(rows, config, config.data, reference_path, "")
+    if config.ood_data is not None:
+        _fidelity_on(rows, config, config.ood_data, reference_path, "_ood")
 
 
 def run_probe(path: str, config: DeploymentConfig) -> dict[str, float]:
@@ -172,18 +268,22 @@ def measure_speed(rows: list[dict[str, Any]], config: DeploymentConfig) -> None:
 
 
 def deployment_stage(config: DeploymentConfig) -> list[dict[str, Any]]:
-    """The size / memory / speed / quality table of every (removal, qtype) combination (cached).
+    """The size / memory / speed / quality table of every (removal, healed?, qtype) combination (cached).
 
-    One row per combination, in the order k ascending (the healed variant last), qtypes as given.
-    Needs ``llama_cpp`` (``pip install llama-cpp-python==0.3.36``).
+    One row per combination, in the order k ascending (the healed variants after them, k ascending),
+    qtypes as given. Needs ``llama_cpp`` (``pip install llama-cpp-python==0.3.36``).
     """
+    missing = [k for k in config.prune_ks if k not in dict(config.removals)]
+    if missing:
+        raise ValueError(f"no cut at k = {missing} yet: fill them with with_best_cuts(config, pruning_stage(...))")
     if not llamacpp.available():
         raise RuntimeError("the deployment stage runs llama.cpp: pip install llama-cpp-python==0.3.36")
 
     def compute() -> list[dict[str, Any]]:
         seed_everything(config.seed)
+        healed = heal_cuts(config)
         with tempfile.TemporaryDirectory(prefix="frankenllama-gguf-") as tmp:
-            rows = export_all(config, Path(tmp))
+            rows = export_all(config, Path(tmp), healed)
             print(f"exported {len(rows)} GGUF files", file=sys.stderr)
             measure_fidelity(rows, config, Path(tmp))
             measure_speed(rows, config)
@@ -192,3 +292,13 @@ def deployment_stage(config: DeploymentConfig) -> list[dict[str, Any]]:
         return rows
 
     return cached_json("deployment", config, compute, seed=config.seed, code=CODE)
+
+
+def deployment_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The stage's rows as the table notebook 06 writes (``figures/deployment.csv``, read by the budget verb):
+    block lists as space-separated ids, per-block NLLs left out."""
+    table = pd.DataFrame(rows).drop(columns=[c for c in ("nll_blocks", "nll_blocks_ood") if c in rows[0]])
+    for column in ("removed_blocks", "removed_sublayers"):
+        if column in table:
+            table[column] = [" ".join(str(u) for u in units) for units in table[column]]
+    return table

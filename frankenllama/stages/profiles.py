@@ -4,7 +4,7 @@ A profile fixes every setting of every notebook: ``"default"`` fits the whole pi
 2-core CPU in about half an hour; ``"smoke"`` runs every notebook end to end in a minute or two
 (tests and CI); ``"thesis"`` uses every evaluation item and larger calibration and healing budgets
 (meant for a GPU). Seeds are the configs' own (0); override them like any field (``"pruning.seed"``). Configs are built in dependency order — similarity → pruning → study →
-healing → evaluation — so a later stage always reads the results an earlier one cached: notebook 02
+healing → evaluation → deployment — so a later stage always reads the results an earlier one cached: notebook 02
 measures on notebook 01's similarity statistics, notebook 03 heals the cut notebook 02 found.
 
 A notebook's parameters cell names the profile and overrides single fields, with dotted paths
@@ -28,6 +28,7 @@ from frankenllama.eval.zero_shot import TaskEvalConfig
 from frankenllama.models import DEFAULT_MODEL
 from frankenllama.selection import STRATEGIES
 from frankenllama.stages.common import DataConfig
+from frankenllama.stages.deployment import DeploymentConfig
 from frankenllama.stages.evaluation import EvaluationConfig
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.pruning import STUDY_KS, PruningConfig, ScoringConfig
@@ -65,6 +66,7 @@ class Profile:
     healing: HealingStageConfig
     evaluation: EvaluationConfig
     recipe: RecipeStudyConfig  # notebook 05: the recipe against the peers' pipelines
+    deployment: DeploymentConfig  # its cuts are filled in by the notebook (``with_best_cuts``)
     study_variants_only: bool = False
 
     @property
@@ -90,13 +92,18 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         # the unhealed model's loss (notebook 04 checks it); 16 blocks of each text domain for perplexity
         evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=150, block_len=256, ppl_blocks=16,
                         fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1),
-                        max_new_tokens=40, variant_prefix="", exclude_prefix=("smoke-", "recipe-"), max_variants=None,
+                        max_new_tokens=40, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
         # notebook 05 (~6-7 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
         # 8 blocks of 256 tokens per domain at every ratio, zero-shot (100 items x 3 tasks) at 20 % only
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
                     healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=8192),
                     evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=100, block_len=256, ppl_blocks=8)),
+        # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens; ~5 min of notebook 06
+        deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(128, 8), ood=(128, 4),
+                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=4096, patch_tokens=4096, eval_every=4,
+                                     variant_prefix="deploy"),
+                        prompt_tokens=128, decode_tokens=32, repeats=2, threads=2),
     ),
     "smoke": dict(
         calib=(64, 4), score=(64, 2, 2), eval=(64, 2), ks=(0, 1, 2),
@@ -112,6 +119,10 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         recipe=dict(ks=(1, 2), ours=OURS_DEFAULT, zero_shot_ks=(2,), n_boot=200, variant_prefix="smoke-recipe",
                     healing=dict(tokens=128, block_len=64, batch_size=2, eval_blocks=1, patch_tokens=1024),
                     evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2)),
+        deployment=dict(prune_ks=(2,), qtypes=("f16", "q4_0"), data=(32, 2), ood=(32, 1),
+                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=128, patch_tokens=256, eval_every=1,
+                                     eval_blocks=1, variant_prefix="deploy-smoke"),
+                        prompt_tokens=16, decode_tokens=4, repeats=1, threads=1),
     ),
     "thesis": dict(
         calib=(256, 256), score=(256, 32, 32), eval=(256, 64), ks=tuple(range(0, 16)),
@@ -122,10 +133,13 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         healing=dict(tokens=262144, block_len=512, batch_size=8, eval_every=16, eval_blocks=64, patch_tokens=65536),
         evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64, fidelity_blocks=16,
                         speed=SpeedConfig((1, 8), 128, 32, 5, warmup=2, threads=None), max_new_tokens=64,
-                        variant_prefix="", exclude_prefix=("smoke-", "recipe-"), max_variants=None),
+                        variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None),
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=None, n_boot=2000,
                     healing=dict(tokens=65536, block_len=512, batch_size=8, eval_blocks=8, patch_tokens=65536),
                     evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64)),
+        deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(512, 64), ood=(512, 32),
+                        healing=dict(recipes=("linear-patch+kd-lora",), variant_prefix="deploy"),
+                        prompt_tokens=512, decode_tokens=128, repeats=5, threads=4),
     ),
 }
 
@@ -158,7 +172,7 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     if name not in _SETTINGS:
         raise UnknownProfileError(f"unknown profile {name!r}; choose one of {PROFILES}")
     s, overrides = _SETTINGS[name], dict(overrides or {})
-    stages = ("similarity", "pruning", "study", "heal_k", "healing", "evaluation", "recipe")
+    stages = ("similarity", "pruning", "study", "heal_k", "healing", "evaluation", "recipe", "deployment")
     unknown = [key for key in overrides if key.partition(".")[0] not in stages]
     if unknown:
         raise KeyError(f"overrides {unknown} name no stage; start each with one of {stages}")
@@ -180,7 +194,8 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     study_only = e.pop("study_variants_only", False)
     evaluation = _apply(EvaluationConfig(model=model, tasks=tasks, corpus=corpus, **e), "evaluation", overrides)
     recipe = _apply(_recipe_config(s["recipe"], model, corpus, pruning), "recipe", overrides)
-    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, recipe, study_only)
+    deployment = _apply(_deployment(s["deployment"], healing, corpus), "deployment", overrides)
+    return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, recipe, deployment, study_only)
 
 
 def _recipe_config(settings: dict[str, Any], model: str, corpus: str, pruning: PruningConfig) -> RecipeStudyConfig:
@@ -193,3 +208,11 @@ def _recipe_config(settings: dict[str, Any], model: str, corpus: str, pruning: P
     evaluation = EvaluationConfig(model=model, tasks=tasks, corpus=corpus, fidelity_blocks=1, speed=speed, prompts=(),
                                   max_new_tokens=1, **e)  # its variants are set per ratio (RecipeStudyConfig)
     return RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, **r)
+
+
+def _deployment(settings: dict[str, Any], healing: HealingStageConfig, corpus: str) -> DeploymentConfig:
+    """The deployment config: the healing stage's config with the deployment's one recipe and budget."""
+    d = dict(settings)
+    heal = dataclasses.replace(healing, **d.pop("healing"))
+    return DeploymentConfig(model=healing.model, healing=heal, data=DataConfig(corpus, "eval", *d.pop("data")),
+                            ood_data=DataConfig("olmo-passages", "eval", *d.pop("ood")), **d)

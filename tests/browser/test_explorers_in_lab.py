@@ -20,7 +20,7 @@ import pytest
 from frankenllama.figures.explorer import EXPLORER_CLASS
 from frankenllama.paths import BUILD_DIR
 from lab_harness import browser, lab  # noqa: F401  (fixtures; not a conftest: tests/conftest.py is imported as "conftest")
-from test_notebooks import NOTEBOOKS
+from test_notebooks import NEEDS, NOTEBOOKS
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 SCREENSHOTS = BUILD_DIR / "browser"
@@ -153,6 +153,8 @@ def walk(page, explorer, where: str) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_and_every_explorer_choice_renders(browser, lab, path):
     name = path.stem
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name], reason=f"{name} needs {NEEDS[name]}: pip install -r requirements-deploy.txt")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     try:
