@@ -19,10 +19,11 @@ from frankenllama.eval.efficiency import SpeedConfig
 from frankenllama.eval.tasks import check_task_name
 from frankenllama.healing import parse_recipe
 from frankenllama.selection import get_strategy
+from frankenllama.stages.recipe import OURS_HEAL_OPTIONS, OURS_RECIPE, OURS_STRATEGY
 
-DEFAULT_STRATEGY = "part-swap"  # swap-search's blocks, then attention-for-attention swaps (notebook 02's best at k = 6, 9)
+# the FrankenLLaMA recipe (frankenllama.stages.recipe, where notebook 05 compares it with the peers)
+DEFAULT_STRATEGY, DEFAULT_HEAL, DEFAULT_HEAL_OPTIONS = OURS_STRATEGY, OURS_RECIPE, OURS_HEAL_OPTIONS
 FALLBACK_STRATEGY = "swap-search"  # the whole-block strategy used when the default cannot express the target
-DEFAULT_HEAL = "linear-patch+kd-lora"  # training-free patch, then distillation from cached top-k teacher targets
 DEFAULT_TASKS = ("arc_easy", "piqa", "hellaswag")
 IN_DOMAIN, OUT_OF_DOMAIN = "wiki-leads", "olmo-passages"
 

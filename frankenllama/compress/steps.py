@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from frankenllama import paths
 from frankenllama.budget import Budget, BudgetError, fit_budget
 from frankenllama.cache import cached_json, config_key, seed_everything
-from frankenllama.compress.config import CompressConfig
+from frankenllama.compress.config import DEFAULT_HEAL_OPTIONS, CompressConfig
 from frankenllama.eval.efficiency import compare_efficiency
 from frankenllama.eval.perplexity import check_blocks
 from frankenllama.eval.zero_shot import evaluate_tasks
@@ -135,7 +135,8 @@ def heal_plan(config: CompressConfig, student: PreTrainedModel) -> tuple[HealCon
     patches = "linear-patch" in steps
     return HealConfig(recipe="+".join(steps), tokens=config.tokens, batch_size=config.batch_size,
                       patch_tokens=config.calib_tokens, kd_top_k=config.kd_top_k, seed=config.seed,
-                      checkpoint_every=config.checkpoint_every, patch_layers=layers if patches else None), note  # fmt: skip
+                      checkpoint_every=config.checkpoint_every, patch_layers=layers if patches else None,
+                      **dict(DEFAULT_HEAL_OPTIONS)), note  # fmt: skip
 
 
 def _blocks(config: CompressConfig, corpus: str, split: str, n_tokens: int, tokenizer, model) -> torch.Tensor:

@@ -32,14 +32,14 @@ from frankenllama.stages.deployment import DeploymentConfig
 from frankenllama.stages.evaluation import EvaluationConfig
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.pruning import STUDY_KS, PruningConfig, ScoringConfig
-from frankenllama.stages.recipe import RecipeStudyConfig
+from frankenllama.stages.recipe import OURS_RECIPE, OURS_STRATEGY, RecipeStudyConfig
 from frankenllama.stages.similarity import SimilarityConfig
 from frankenllama.stages.study import StudyConfig
 
 PROFILES: tuple[str, ...] = ("default", "smoke", "thesis")
 # The FrankenLLaMA recipe of notebook 05 and the compress command, (selection strategy, healing recipe): the one
 # place it is set (notebook 05's study decides it).
-OURS_DEFAULT = ("part-swap", "linear-patch+kd-lora")
+OURS_DEFAULT = (OURS_STRATEGY, OURS_RECIPE)  # frankenllama.stages.recipe: the recipe compress also uses
 HEAL_K = 6  # notebooks 03 onwards heal the best strategy's choice at this k (20 % of SmolLM2's 30 blocks)
 
 

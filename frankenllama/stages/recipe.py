@@ -59,6 +59,15 @@ from frankenllama.variants import intact, list_variants, save_variant, variant_p
 
 MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 OURS = "frankenllama"
+# The FrankenLLaMA recipe, defined once: notebook 05 runs it as "ours" and `compress` uses it by default.
+OURS_STRATEGY = "part-swap"  # swap-search's blocks, then attention-for-attention swaps (notebook 02's best at k = 6, 9)
+OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, then distillation from cached top-k targets
+# Pure distillation (no next-token term on the training text), as in Minitron's logit distillation
+# (arXiv:2407.14679): the student matches the teacher's whole next-token distribution rather than the
+# training domain's tokens. On SmolLM2, part-swap at 20 %, 32k wiki-leads tokens, olmo-passages blocks kept
+# apart from the reported ones: out-of-domain perplexity 1.69x -> 1.35x the original's; 64k tokens: 1.33x,
+# so more of the same text mostly helps in domain (bench/ood_recipe_probe.py, bench/results/).
+OURS_HEAL_OPTIONS: tuple[tuple[str, Any], ...] = (("kd_weight", 1.0),)
 DOMAINS = {"in": "in", "ood": "out"}  # table stem -> paired_perplexity_table's domain (in: corpus, out: ood_corpus)
 
 
@@ -142,7 +151,7 @@ class RecipeStudyConfig:
     def pipeline(self, name: str) -> Pipeline:
         """The pipeline called ``name``: a peer's, or the recipe of ``ours``."""
         if name == OURS:
-            return Pipeline(self.ours[0], self.ours[1], "FrankenLLaMA (this workbook)")
+            return Pipeline(self.ours[0], self.ours[1], "FrankenLLaMA (this workbook)", OURS_HEAL_OPTIONS)
         return PEERS[name]
 
     def zero_shot_at(self, k: int) -> bool:
