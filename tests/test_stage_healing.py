@@ -9,7 +9,6 @@ that of the pruned model; the recovery table is the gap formula; a second call r
 from __future__ import annotations
 
 import json
-import random
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.stages.healing import HealingStageConfig, healing_stage
 from frankenllama.surgery import drop_layers
 from frankenllama.variants import META_FILE
-from tiny_lm import char_tokenizer, tiny_llama
+from tiny_lm import pico_workbook
 
 LAYERS = 4
 CUT = [2]
@@ -37,16 +36,7 @@ CUT = [2]
 @pytest.fixture
 def workbook(tmp_path, monkeypatch):
     """A saved pico llama, a small text corpus, and the cache and variant store in ``tmp_path``."""
-    monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(paths, "VARIANTS_DIR", tmp_path / "cache" / "variants")
-    model_dir = tmp_path / "pico"
-    tiny_llama(num_layers=LAYERS).save_pretrained(model_dir)
-    char_tokenizer().save_pretrained(model_dir)
-    rng = random.Random(0)
-    words = "the a of and to in is was on for by with as at from it that this an be".split()
-    docs = [" ".join(rng.choice(words) for _ in range(30)) for _ in range(80)]
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(docs))
+    model_dir, corpus, rng = pico_workbook(tmp_path, monkeypatch, LAYERS, 80)
     other = tmp_path / "other.txt"  # out of domain: other words, never trained or calibrated on
     other.write_text("\n\n".join(" ".join(rng.choice("we you they run sing over under new old".split()) for _ in range(30))
                                    for _ in range(80)))  # fmt: skip

@@ -16,7 +16,6 @@ import math
 import matplotlib
 
 matplotlib.use("Agg")
-import random
 
 import numpy as np
 import pandas as pd
@@ -39,7 +38,7 @@ from frankenllama.stages.recipe import (OURS, PEERS, RecipeStudyConfig, applied_
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
 from frankenllama.variants import META_FILE
-from tiny_lm import char_tokenizer, tiny_llama
+from tiny_lm import WORDS, char_tokenizer, pico_workbook, tiny_llama
 
 LAYERS = 5
 STRATEGIES = ("block-influence", "angular-block", "angular-block-all", "sleb", "reverse", "part-swap")
@@ -48,17 +47,9 @@ STRATEGIES = ("block-influence", "angular-block", "angular-block-all", "sleb", "
 @pytest.fixture
 def workbook(tmp_path, monkeypatch):
     """A saved pico llama, a word corpus, a JSONL task, and the cache and variant store in ``tmp_path``."""
-    monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")
-    monkeypatch.setattr(paths, "VARIANTS_DIR", tmp_path / "cache" / "variants")
-    folder = tmp_path / "pico"
-    tiny_llama(num_layers=LAYERS).save_pretrained(folder)
-    char_tokenizer().save_pretrained(folder)
-    rng = random.Random(0)
-    words = "the a of and to in is was on for by with as at from it that this an be".split()
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(" ".join(rng.choice(words) for _ in range(30)) for _ in range(120)))
+    folder, corpus, _ = pico_workbook(tmp_path, monkeypatch, LAYERS, 120)
     task = tmp_path / "tiny.jsonl"
-    items = [{"query": f"Q: {w}?\nA:", "choices": [" yes", " no", " maybe"], "gold": i % 3} for i, w in enumerate(words[:8])]
+    items = [{"query": f"Q: {w}?\nA:", "choices": [" yes", " no", " maybe"], "gold": i % 3} for i, w in enumerate(WORDS[:8])]
     task.write_text("\n".join(json.dumps(x) for x in items) + "\n")
     model, text = str(folder), str(corpus)
     pruning = PruningConfig(

@@ -39,3 +39,26 @@ def tiny_llama(num_layers: int = 2, seed: int = 0) -> LlamaForCausalLM:
             if p.dim() > 1:
                 p.normal_(0, 0.3)
     return model
+
+
+WORDS = "the a of and to in is was on for by with as at from it that this an be".split()
+
+
+def pico_workbook(tmp_path, monkeypatch, num_layers: int, n_docs: int):
+    """A saved pico llama, a word corpus of ``n_docs`` documents, and the cache and variant store in ``tmp_path``.
+
+    Returns ``(model folder, corpus file, rng)``; the seeded ``rng`` continues after drawing the corpus.
+    """
+    import random
+
+    from frankenllama import paths
+
+    monkeypatch.setattr(paths, "CACHE_DIR", tmp_path / "cache")
+    monkeypatch.setattr(paths, "VARIANTS_DIR", tmp_path / "cache" / "variants")
+    folder = tmp_path / "pico"
+    tiny_llama(num_layers=num_layers).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    rng = random.Random(0)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(rng.choice(WORDS) for _ in range(30)) for _ in range(n_docs)))
+    return folder, corpus, rng
