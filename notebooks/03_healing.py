@@ -127,3 +127,11 @@ save_figure(fig, "healing_losses", out)
 
 # %%
 recipe_explorer(stage.results, stage.reference_ppl, stage.unhealed_ppl, stage.reference_ppl_ood, stage.unhealed_ppl_ood)
+
+# %% [markdown]
+# ## Where the healed models are
+# Each healed model is a variant, a transformers folder that notebook 04 evaluates; load one with
+# `frankenllama.load_model(folder)`.
+
+# %%
+print("\n".join(f"{r.config.recipe:>20}  {r.out_dir}" for r in stage.results))

@@ -120,7 +120,7 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                     healing=dict(tokens=128, block_len=64, batch_size=2, eval_blocks=1, patch_tokens=1024),
                     evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2)),
         deployment=dict(prune_ks=(2,), qtypes=("f16", "q4_0"), data=(32, 2), ood=(32, 1),
-                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=128, patch_tokens=256, eval_every=1,
+                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=128, patch_tokens=1024, eval_every=1,
                                      eval_blocks=1, variant_prefix="deploy-smoke"),
                         prompt_tokens=16, decode_tokens=4, repeats=1, threads=1),
     ),
