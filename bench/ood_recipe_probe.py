@@ -49,12 +49,7 @@ train = DataConfig("wiki-leads", "train", a.len, a.tokens // a.len).blocks(tok, 
 calib = DataConfig("wiki-leads", "calib", 256, -(-a.calib // 256)).blocks(tok, teacher)
 r = heal(student, tok, cfg, train_blocks=train, teacher=teacher, calib_blocks=calib, eval_blocks=None, progress=False) if a.recipe != "none" else None
 m = r.model if r else student
-import os
-tf = "bench/results/.teacher_ppl.json"
-if os.path.exists(tf):
-    o_t, i_t = json.load(open(tf))
-else:
-    o_t, i_t = ppl(teacher, ood), ppl(teacher, ind); json.dump([o_t, i_t], open(tf, "w"))
+o_t, i_t = ppl(teacher, ood), ppl(teacher, ind)  # measured every run: an unkeyed file could outlive its blocks
 o_u, i_u = (ppl(student, ood), ppl(student, ind)) if a.recipe == 'none' else (float('nan'), float('nan'))
 o_h, i_h = (o_u, i_u) if m is student else (ppl(m, ood), ppl(m, ind))
 out = dict(tag=a.tag, cut=cutdesc, recipe=a.recipe, tokens=a.tokens, calib=a.calib, kd_weight=a.kd_weight, lr=cfg.learning_rate if cfg else 0, rank=a.rank,
