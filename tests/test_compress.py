@@ -121,13 +121,15 @@ def _written(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
 
 
-@pytest.mark.parametrize("case", ["strategy", "recipe", "met", "everything", "exists", "non-llama", "missing", "target"])
+@pytest.mark.parametrize("case", ["strategy", "recipe", "met", "everything", "exists", "non-llama", "missing", "target",
+                                  "ood-is-healing-text"])
 def test_bad_input_is_one_line_naming_the_fix_and_writes_nothing(workbook, tmp_path, capsys, case):
     out = tmp_path / "out"
     args = {"--model": workbook["model"], "--target": "0.8", "--out": str(out), "--profile": "smoke"}
     expect = {"strategy": "unknown strategy", "recipe": "unknown healing recipe", "met": "already within it",
               "everything": "remove every block", "exists": "--force", "non-llama": "llama-family",
-              "missing": "unknown model", "target": "cannot read target"}[case]  # fmt: skip
+              "missing": "unknown model", "target": "cannot read target",
+              "ood-is-healing-text": "never trained or calibrated on"}[case]  # fmt: skip
     if case == "strategy":
         args["--strategy"] = "largest-first"
     elif case == "recipe":
@@ -145,6 +147,8 @@ def test_bad_input_is_one_line_naming_the_fix_and_writes_nothing(workbook, tmp_p
         args["--model"] = str(folder)
     elif case == "missing":
         args["--model"] = str(tmp_path / "no-such-model")
+    elif case == "ood-is-healing-text":
+        args["--corpus"] = args["--ood-corpus"] = workbook["corpus"]
     else:
         args["--target"] = "lots"
     before = _written(tmp_path)

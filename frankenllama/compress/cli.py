@@ -33,6 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--calib-tokens", type=int, default=None,
                         help=f"calibration tokens of the linear patch (profile: {d['calib_tokens']})")
     parser.add_argument("--eval-items", type=int, default=None, help=f"zero-shot items per task (profile: {d['eval_items']})")
+    parser.add_argument("--corpus", default=None,
+                        help="in-domain text: a corpus name or a text file; its train/calib splits heal, its eval split "
+                             "is reported (default: wiki-leads)")
+    parser.add_argument("--ood-corpus", default=None,
+                        help="out-of-domain text, only its eval split is read: a corpus name or a text file "
+                             "(default: olmo-passages)")
     parser.add_argument("--profile", default="default", choices=sorted(PROFILES),
                         help="budgets and scoring settings (thesis: a GPU; smoke: tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every step")
@@ -49,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = CompressConfig.from_profile(args.model, args.target, args.profile, strategy=args.strategy, heal=args.heal,
                                              tokens=args.tokens, calib_tokens=args.calib_tokens,
-                                             eval_items=args.eval_items, seed=args.seed)  # fmt: skip
+                                             eval_items=args.eval_items, seed=args.seed, corpus=args.corpus,
+                                             ood_corpus=args.ood_corpus)  # fmt: skip
         command = "python -m frankenllama " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compress"] else None
         result = compress(config, args.out, force=args.force, command=command)
     except (CompressError, CompressConfigError, TargetError) as err:

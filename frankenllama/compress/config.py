@@ -108,6 +108,9 @@ class CompressConfig:
         bad = [f"{k}={v!r}" for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
         if bad or self.block_len < 2 or (self.eval_items is not None and self.eval_items < 1):
             raise CompressConfigError(f"settings must be positive integers (block_len >= 2): {bad or self.eval_items}")
+        if str(self.corpus) == str(self.ood_corpus):
+            raise CompressConfigError(f"--ood-corpus {self.ood_corpus!r} is the healing corpus: out-of-domain text must be "
+                                      "text the recipe never trained or calibrated on; name another corpus or text file")
         self.parsed_target  # noqa: B018 (validates the target's form)
 
     @property
