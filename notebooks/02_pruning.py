@@ -11,7 +11,7 @@
 # ---
 
 # %% tags=["parameters"]
-profile = "default"  # "default" (2 CPU cores, ~10 min), "smoke" (tests) or "thesis" (every k, exact searches; a GPU)
+profile = "default"  # "default" (2 CPU cores, ~7 min), "smoke" (tests) or "thesis" (every k, exact searches; a GPU)
 model = ""  # registry name, local transformers folder or GGUF file; empty: the profile's (smollm2-135m)
 corpus = ""  # corpus name or path to a text file; empty: wiki-leads
 overrides = {}  # single settings, e.g. {"pruning.eval_data.n_blocks": 32, "study.n_boot": 2000}; see frankenllama.stages.profiles

@@ -36,8 +36,13 @@ overrides = {}  # single settings, e.g. {"healing.tokens": 16384, "heal_k": 9}; 
 # with the teacher run at every step.
 #
 # The default budget, 8k tokens per recipe, is set by the pipeline's time limit: the whole
-# notebook must finish in about 8 minutes on 2 CPU cores, where LoRA trains at roughly 200
-# tokens/s. On a GPU, raise `"healing.tokens"` or run the `thesis` profile.
+# notebook must finish in about 5 minutes on 2 CPU cores, where LoRA trains at roughly 200
+# tokens/s. For the same reason the default profile heals with four of the six recipes
+# (`linear-patch`, `lora`, `kd-lora`, `linear-patch+lora`): when all six ran at this budget, `kd-full`
+# and `partial` recovered the least in both domains (in domain 1.51× and 1.63× the original's
+# perplexity against 1.14–1.30× for the other four; out of domain 1.57× and 1.63× against 1.37–1.43×).
+# Add them back with `{"healing.recipes": [...]}`; the `thesis` profile runs all six. On a GPU, raise
+# `"healing.tokens"` or run the `thesis` profile.
 
 # %%
 from frankenllama.figures.healing import plot_losses, plot_ppl_vs_tokens, recipe_explorer

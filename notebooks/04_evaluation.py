@@ -11,7 +11,7 @@
 # ---
 
 # %% tags=["parameters"]
-profile = "default"  # "default" (2 CPU cores: the study's variants, 150 items of 3 tasks), "smoke" (tests) or "thesis" (every item; a GPU)
+profile = "default"  # "default" (2 CPU cores: the study's variants, 50 items of 3 tasks), "smoke" (tests) or "thesis" (every item; a GPU)
 model = ""  # the unpruned reference: registry name, local folder or GGUF file; empty: the profile's (smollm2-135m)
 corpus = ""  # in-domain corpus for perplexity and KL (its eval split); empty: wiki-leads
 metric = "acc_norm"  # accuracy in the table and figures: "acc" or "acc_norm" (per-character normalised)

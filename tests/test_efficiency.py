@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -10,6 +12,7 @@ from frankenllama.eval.efficiency import (
     block_parameters,
     bytes_on_disk,
     compare_efficiency,
+    compute_shape,
     count_parameters,
     ideal_speedup,
     measure_speed,
@@ -93,3 +96,19 @@ def test_measure_speed_restores_threads():
     before = torch.get_num_threads()
     measure_speed({"m": tiny_llama()}, SpeedConfig(batch_sizes=(1,), prompt_len=4, new_tokens=2, repeats=1, warmup=0, threads=1))
     assert torch.get_num_threads() == before
+
+
+def test_models_of_one_compute_shape_are_timed_once():
+    """A pruned model and its healed copy (other weights, same shapes) share one timing; another shape is timed."""
+    model = tiny_llama(num_layers=4)
+    pruned = drop_layers(model, [1, 2])
+    healed = copy.deepcopy(pruned)
+    with torch.no_grad():
+        for p in healed.parameters():
+            p.add_(0.01)
+    assert compute_shape(healed) == compute_shape(pruned) != compute_shape(model)
+    config = SpeedConfig(batch_sizes=(1,), prompt_len=4, new_tokens=2, repeats=1, warmup=0, threads=1)
+    table = measure_speed({"full": model, "pruned": pruned, "healed": healed}, config)
+    assert list(table["timed_as"]) == ["full", "pruned", "pruned"]
+    assert table.loc["healed", "decode_tps_b1"] == table.loc["pruned", "decode_tps_b1"]
+    assert table.loc["full", "decode_tps_b1"] != table.loc["pruned", "decode_tps_b1"]

@@ -100,7 +100,9 @@ def test_the_default_profile_compares_the_study_variants_with_more_items(monkeyp
     monkeypatch.setattr(stage_module, "best_selection", lambda pruning, k: ("angular-block", [13, 14, 15, 16, 17, 18][:k]))
     run = build("default")
     config = evaluation_config(run)
-    assert config.tasks.tasks == ("arc_easy", "piqa", "hellaswag") and config.tasks.limit >= 150
+    # 50 items per task (the old default scored 20 for every variant); notebook 04's sizing_check is what must hold
+    assert config.tasks.tasks == ("arc_easy", "piqa", "hellaswag") and config.tasks.limit >= 50
+    assert len(config.variants) < len(list(build("thesis").healing.recipes)) + 1  # fewer variants than every recipe
     assert config.variants == ("prune-k6-angular-block", *(f"healed-{r}" for r in run.healing.recipes))
     assert config.ood_corpus == "olmo-passages"
     thesis = build("thesis")

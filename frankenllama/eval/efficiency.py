@@ -306,41 +306,62 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def compute_shape(model: nn.Module) -> tuple:
+    """What a forward pass's cost depends on: the model class and every parameter's name, shape and dtype.
+
+    Two models with the same compute shape (a pruned model and its healed variants, whose LoRA
+    adapters and linear patches are merged into existing weights) run the same kernels on the same
+    sizes: timing one of them times both.
+    """
+    return (type(model).__name__, *((n, tuple(p.shape), p.dtype, p.device.type) for n, p in model.named_parameters()))
+
+
 def measure_speed(models: Mapping[str, nn.Module], config: SpeedConfig = SpeedConfig()) -> pd.DataFrame:
     """Prefill and decode tokens/s of every model, measured interleaved in one run.
 
-    Returns one row per model with ``prefill_tps_b{B}`` and ``decode_tps_b{B}`` for each batch size.
+    Models of the same ``compute_shape`` are timed once, through the first of them (column
+    ``timed_as`` names it). Returns one row per model with ``prefill_tps_b{B}`` and
+    ``decode_tps_b{B}`` for each batch size.
     """
-    rows: dict[str, dict[str, float]] = {name: {} for name in models}
+    timed_as: dict[str, str] = {}
+    first: dict[tuple, str] = {}
+    for name, model in models.items():
+        timed_as[name] = first.setdefault(compute_shape(model), name)
+    timed = {name: models[name] for name in dict.fromkeys(timed_as.values())}
+    rows: dict[str, dict[str, float]] = {name: {} for name in timed}
     reference = next(iter(models.values()))
     with _threads(config.threads):
         for batch in config.batch_sizes:
             ids = _random_ids(reference, batch, config.prompt_len, config.seed)
             prefill = _interleaved(
-                {n: (lambda m=m: [time_prefill(m, ids)]) for n, m in models.items()},
+                {n: (lambda m=m: [time_prefill(m, ids)]) for n, m in timed.items()},
                 config.repeats, config.warmup, config.statistic,
             )  # fmt: skip
             decode = _interleaved(
-                {n: (lambda m=m: time_decode(m, ids, config.new_tokens, config.decode, config.cache)) for n, m in models.items()},
+                {n: (lambda m=m: time_decode(m, ids, config.new_tokens, config.decode, config.cache)) for n, m in timed.items()},
                 config.repeats, config.warmup, config.statistic,
             )  # fmt: skip
-            for name in models:
+            for name in timed:
                 rows[name][f"prefill_tps_b{batch}"] = batch * config.prompt_len / prefill[name]
                 rows[name][f"decode_tps_b{batch}"] = batch / decode[name]
-    return pd.DataFrame.from_dict(rows, orient="index")
+    table = pd.DataFrame.from_dict({name: rows[timed_as[name]] for name in models}, orient="index")
+    return table.assign(timed_as=[timed_as[name] for name in models])
 
 
 def size_table(models: Mapping[str, nn.Module], memory_batch: int = 8, prompt_len: int = 128) -> pd.DataFrame:
     """Layers, parameters, bytes at fp32/bf16 and peak memory of every model (one row each)."""
-    rows = {}
+    rows, peaks = {}, {}  # models of one compute shape have one peak (compute_shape)
     for name, model in models.items():
+        shape = compute_shape(model)
+        if shape not in peaks:
+            peaks[shape] = peak_memory(model, memory_batch, prompt_len)
         rows[name] = {
             "layers": len(decoder_layers(model)),
             "params": count_parameters(model),
             "block_params": block_parameters(model),
             "bytes_fp32": bytes_on_disk(model, torch.float32),
             "bytes_bf16": bytes_on_disk(model, torch.bfloat16),
-            "peak_memory": peak_memory(model, memory_batch, prompt_len),
+            "peak_memory": peaks[shape],
         }
     return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -40,6 +40,8 @@ PROFILES: tuple[str, ...] = ("default", "smoke", "thesis")
 # The FrankenLLaMA recipe of notebook 05 and the compress command, (selection strategy, healing recipe): the one
 # place it is set (notebook 05's study decides it).
 OURS_DEFAULT = (OURS_STRATEGY, OURS_RECIPE)  # frankenllama.stages.recipe: the recipe compress also uses
+# the default profile's recipes of notebook 03 (the thesis and smoke profiles run every one of RECIPES)
+DEFAULT_RECIPES = ("linear-patch", "lora", "kd-lora", "linear-patch+lora")
 HEAL_K = 6  # notebooks 03 onwards heal the best strategy's choice at this k (20 % of SmolLM2's 30 blocks)
 
 
@@ -79,26 +81,30 @@ _SETTINGS: dict[str, dict[str, Any]] = {
     "default": dict(
         calib=(256, 64),  # (block_len, blocks) of the similarity statistics: 16k tokens
         score=(128, 8, 4),  # (block_len, blocks, of which sub-block measurements use) for scores and searches
-        eval=(256, 16),  # held-out blocks of the pruning curves
-        ks=tuple(range(0, 13, 3)),
+        eval=(256, 12),  # held-out blocks of the pruning curves
+        ks=(0, *STUDY_KS),  # 10, 20, 30 % of SmolLM2's blocks: the ratios of notebooks 05 and 06
         sublayer_ks=(0, *STUDY_KS), search_ks=STUDY_KS, study_ks=STUDY_KS,
         shortlist=8, strategies=tuple(s for s in STRATEGIES if s != "blockpruner"),
-        study=dict(n_boot=1000, draws=10, sizes=(2, 4), search_sizes=(4,), search_draws=2),
+        study=dict(n_boot=1000, draws=6, sizes=(2, 4), search_sizes=(4,), search_draws=2),
         heal_k=HEAL_K,
-        # 8k tokens per recipe (8 steps of 4 x 256): what the 30-minute pipeline leaves notebook 03
-        healing=dict(tokens=8192, block_len=256, batch_size=4, eval_every=4, eval_blocks=8, patch_tokens=8192),
-        # fewer variants (the study's: study_variants_only) with more items, the same items for every model:
-        # 150 per task of three tasks, sized so the continuous metrics' paired intervals resolve a third of
-        # the unhealed model's loss (notebook 04 checks it); 16 blocks of each text domain for perplexity
-        evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=150, block_len=256, ppl_blocks=16,
-                        fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 3, warmup=1, threads=1),
+        # 8k tokens per recipe (8 steps of 4 x 256): what the 30-minute pipeline leaves notebook 03. Four of the
+        # six recipes: kd-full and partial recovered least in both domains when all six ran (README, notebook 03);
+        # the thesis profile runs all six
+        healing=dict(tokens=8192, block_len=256, batch_size=4, eval_every=4, eval_blocks=6, patch_tokens=8192,
+                     recipes=DEFAULT_RECIPES),
+        # fewer variants (the study's: study_variants_only), the same items for every model: 50 per task of
+        # three tasks, sized so the continuous metrics' paired intervals resolve a third of the unhealed model's
+        # loss (notebook 04 checks it: with 150 per task the gold_bpb half-width was a tenth of that loss, so a
+        # third of the items keeps it under a fifth); 16 blocks of each text domain for perplexity
+        evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=50, block_len=256, ppl_blocks=16,
+                        fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 2, warmup=1, threads=1),
                         max_new_tokens=40, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
-        # notebook 05 (~6-7 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
-        # 8 blocks of 256 tokens per domain at every ratio, zero-shot (100 items x 3 tasks) at 20 % only
+        # notebook 05 (~9 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
+        # 8 blocks of 256 tokens per domain at every ratio, zero-shot (notebook 04's 50 items x 3 tasks) at 20 % only
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
-                    healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=8192),
-                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=100, block_len=256, ppl_blocks=8)),
+                    healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=4096),
+                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=50, block_len=256, ppl_blocks=8)),
         # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens; ~5 min of notebook 06
         deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(128, 8), ood=(128, 4),
                         healing=dict(recipes=("linear-patch+kd-lora",), tokens=4096, patch_tokens=4096, eval_every=4,
