@@ -85,7 +85,7 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         ks=(0, *STUDY_KS),  # 10, 20, 30 % of SmolLM2's blocks: the ratios of notebooks 05 and 06
         sublayer_ks=(0, *STUDY_KS), search_ks=STUDY_KS, study_ks=STUDY_KS,
         shortlist=8, strategies=tuple(s for s in STRATEGIES if s != "blockpruner"),
-        study=dict(n_boot=1000, draws=6, sizes=(2, 4), search_sizes=(4,), search_draws=2),
+        study=dict(n_boot=1000, draws=6, sizes=(2, 4), search_sizes=(4,), search_draws=1),
         heal_k=HEAL_K,
         # 8k tokens per recipe (8 steps of 4 x 256): what the 30-minute pipeline leaves notebook 03. Four of the
         # six recipes: kd-full and partial recovered least in both domains when all six ran (README, notebook 03);
@@ -98,18 +98,19 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         # third of the items keeps it under a fifth); 16 blocks of each text domain for perplexity
         evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=50, block_len=256, ppl_blocks=16,
                         fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 2, warmup=1, threads=1),
-                        max_new_tokens=40, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
+                        max_new_tokens=32, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
         # notebook 05 (~9 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
-        # 8 blocks of 256 tokens per domain at every ratio, zero-shot (notebook 04's 50 items x 3 tasks) at 20 % only
+        # 6 blocks of 256 tokens per domain at every ratio, zero-shot (notebook 04's 50 items x 3 tasks) at 20 % only
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
                     healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=4096),
-                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=50, block_len=256, ppl_blocks=8)),
-        # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens; ~5 min of notebook 06
+                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=50, block_len=256, ppl_blocks=6)),
+        # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens (no healing curve:
+        # the notebook measures every model in llama.cpp); ~4 min of notebook 06 on an idle machine (both cores)
         deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(128, 8), ood=(128, 4),
-                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=4096, patch_tokens=4096, eval_every=4,
-                                     variant_prefix="deploy"),
-                        prompt_tokens=128, decode_tokens=32, repeats=2, threads=2),
+                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=4096, patch_tokens=4096, eval_every=0,
+                                     eval_blocks=2, variant_prefix="deploy"),
+                        prompt_tokens=128, decode_tokens=32, repeats=2, threads=2, eval_threads=2),
     ),
     "smoke": dict(
         calib=(64, 4), score=(64, 2, 2), eval=(64, 2), ks=(0, 1, 2),
