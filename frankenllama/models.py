@@ -119,8 +119,12 @@ def _gguf_cache_folder(gguf: Path) -> Path:
     return MODELS_CACHE_DIR / f"gguf-{gguf.stem}-{key}"
 
 
-def model_folder(name_or_path: str | Path) -> Path:
-    """The local transformers folder for a registry name, folder or GGUF file (converting GGUF once)."""
+def model_folder(name_or_path: str | Path, verify: bool = True) -> Path:
+    """The local transformers folder for a registry name, folder or GGUF file (converting GGUF once).
+
+    ``verify``: check a folder frankenllama saved against its checksums (``False`` only where the
+    caller has just checked them, as ``frankenllama.variants.load_variant`` does).
+    """
     name = str(name_or_path)
     if name in MODELS:
         folder = MODELS_CACHE_DIR / name
@@ -138,7 +142,7 @@ def model_folder(name_or_path: str | Path) -> Path:
     if path.is_dir():
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder")
-        if (path / MANIFEST_FILE).exists():
+        if verify and (path / MANIFEST_FILE).exists():
             verify_folder(path)  # a folder frankenllama saved: its files must match their checksums
         return path
     raise ValueError(
@@ -177,6 +181,7 @@ def load_model(
     name_or_path: str | Path = DEFAULT_MODEL,
     dtype: str | torch.dtype = "auto",
     device: str | torch.device | None = "auto",
+    verify: bool = True,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a llama-family causal LM and its tokenizer, offline, in eval mode.
 
@@ -187,8 +192,9 @@ def load_model(
         device: ``"auto"`` picks the CPU without a GPU, the GPU with one, and with several GPUs
             spreads the blocks over all of them with accelerate (``device_map="auto"``); or an
             explicit ``"cpu"``, ``"cuda:0"``, ….
+        verify: check the checksums of a folder frankenllama saved (see ``model_folder``).
     """
-    folder = model_folder(name_or_path)
+    folder = model_folder(name_or_path, verify)
     config = check_architecture(folder)
     if (getattr(config, "frankenllama", None) or {}).get("removed_sublayers"):
         # attention / MLP sub-blocks were removed: plain from_pretrained would re-create them randomly

@@ -46,7 +46,7 @@ Sub-layer strategies (k counts sub-blocks):
   choice takes an attention that matters along with a cheap MLP; attention sub-blocks elsewhere
   are far more redundant (He et al. 2024, arXiv:2406.15786). Every swap keeps as many attention
   and MLP sub-blocks removed, so the model has exactly the size of k/2 blocks removed (k even).
-  At most two swaps by default (``SelectionContext.part_swap``'s ``rounds``), a CPU time budget.
+  One swap by default (``SelectionContext.part_swap``'s ``rounds``), a CPU time budget.
 """
 
 from __future__ import annotations
