@@ -255,6 +255,6 @@ def test_context_measures_once_under_the_same_cache_keys(model):
     assert params["ablation-sublayer"] == {"batch_size": 2, "blocks": 2}
     assert params["greedy-layer"] == {"k": 2, "shortlist": None, "batch_size": 2}
     assert params["swap"] == {"k": 2, "start": sleb, "others": [tuple(other)], "batch_size": 2}
-    assert params["part-swap"] == {"k": 2, "start": layer_units(run.removed), "width": 4, "rounds": 2,
+    assert params["part-swap"] == {"k": 2, "start": layer_units(run.removed), "width": 4, "rounds": 1,
                                    "cost_blocks": 2, "batch_size": 2}
     assert part.start == layer_units(run.removed) and run.nll <= run.start_nll

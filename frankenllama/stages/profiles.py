@@ -100,11 +100,11 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 2, warmup=1, threads=1),
                         max_new_tokens=32, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
-        # notebook 05 (~9 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
-        # 6 blocks of 256 tokens per domain at every ratio, zero-shot (notebook 04's 50 items x 3 tasks) at 20 % only
+        # notebook 05 (~8 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
+        # 6 blocks of 256 tokens per domain at every ratio, zero-shot (40 items x 3 tasks) at 20 % only
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
                     healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=4096),
-                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=50, block_len=256, ppl_blocks=6)),
+                    evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=40, block_len=256, ppl_blocks=6)),
         # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens (no healing curve:
         # the notebook measures every model in llama.cpp); ~4 min of notebook 06 on an idle machine (both cores)
         deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(128, 8), ood=(128, 4),
