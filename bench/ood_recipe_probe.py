@@ -4,6 +4,9 @@ Out-of-domain text: olmo-passages eval blocks 48-79 (256 tokens), kept apart fro
 notebooks report; in-domain: wiki-leads eval blocks 24-39. Prints and appends one JSON line per run to
 bench/results/ood_recipe_probe.jsonl (ratios to the unpruned model). Session-5 results, on a heavily shared
 2-core CPU (times not comparable), are in that file; they chose OURS_HEAL_OPTIONS in stages/recipe.py.
+Session 6's lines tagged ps-kd32k-gen50 / -gen100 replaced half / all of the training blocks with the original
+model's own unconditional samples (an option since removed: OOD 1.321 / 1.348 against 1.348 on wiki text alone,
+in-domain 1.297 / 1.478 against 1.239; not adopted).
 
     python bench/ood_recipe_probe.py --cut partswap --recipe kd-lora --tokens 32768 --kd-weight 1.0
 """
