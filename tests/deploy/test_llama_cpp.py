@@ -83,7 +83,8 @@ def test_quantized_perplexity(exported, eval_blocks):
     print(f"\n{name} perplexity: " + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items()))
     if name == "part-swap" and abs(ppl["q8_0"] / ppl["f16"] - 1) > 0.01:
         # measured: +1.2 % on these 8 blocks, +1.04 % on 32 blocks; the f32 and f16 files match transformers,
-        # so this is q8_0 itself (weights and llama.cpp's 8-bit activations) on the unhealed sub-block-pruned model
+        # so this is q8_0 itself (weights and llama.cpp's 8-bit activations) on the unhealed sub-block-pruned model:
+        # llama.cpp's own quantizer (llama_model_quantize, Q8_0, from our f16 file) costs +1.19 % / +0.98 % there
         pytest.xfail(f"q8_0 costs {100 * (ppl['q8_0'] / ppl['f16'] - 1):.2f} % perplexity on the part-swap model (> 1 %)")
     assert abs(ppl["q8_0"] / ppl["f16"] - 1) <= 0.01
     assert abs(ppl["f16"] / ppl["transformers"] - 1) <= 0.01
