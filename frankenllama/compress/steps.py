@@ -22,9 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama import paths
@@ -32,19 +30,17 @@ from frankenllama.budget import Budget, BudgetError, fit_budget
 from frankenllama.cache import cached_json, config_key, seed_everything
 from frankenllama.compress.config import DEFAULT_HEAL_OPTIONS, CompressConfig
 from frankenllama.eval.efficiency import compare_efficiency
-from frankenllama.eval.perplexity import check_blocks
+from frankenllama.eval.perplexity import block_nll
 from frankenllama.eval.zero_shot import evaluate_tasks
 from frankenllama.healing import HealConfig, HealResult, heal, parse_recipe
-from frankenllama.healing.patch import contiguous_runs
-from frankenllama.loss import next_token_nll
-from frankenllama.models import model_device
+from frankenllama.healing.patch import patchable_layers
 from frankenllama.selection import get_strategy
 from frankenllama.stages.common import DataConfig
 from frankenllama.stages.pruning import CODE as PRUNING_CODE
 from frankenllama.stages.pruning import scoring_context
 from frankenllama.stages.profiles import build
-from frankenllama.sublayer import prune_sublayers, removed_sublayers
-from frankenllama.surgery import drop_layers, lineage, removed_layers
+from frankenllama.sublayer import prune_sublayers
+from frankenllama.surgery import drop_layers
 from frankenllama.units import describe, whole_layers
 
 SELECT_CODE = (*PRUNING_CODE, "frankenllama.compress.target", "frankenllama.compress.steps")
@@ -111,18 +107,6 @@ def prune(model: PreTrainedModel, selection: dict[str, Any]) -> PreTrainedModel:
     return prune_sublayers(model, selection["removed"])
 
 
-def patchable_layers(student: PreTrainedModel) -> tuple[int, ...]:
-    """Original ids of the removed runs the linear patch can stand in for.
-
-    A run is patched through the down projection of the block before it, so it must not start at
-    block 0 and that block must have kept its MLP (a sub-block strategy may have removed it).
-    """
-    kept = lineage(student)["kept_layers"]
-    no_mlp = set(removed_sublayers(student)["mlp"])  # current block indices
-    runs = [r for r in contiguous_runs(removed_layers(student)) if r[0] > 0 and kept.index(r[0] - 1) not in no_mlp]
-    return tuple(layer for run in runs for layer in run)
-
-
 def heal_plan(config: CompressConfig, student: PreTrainedModel) -> tuple[HealConfig | None, str | None]:
     """The ``HealConfig`` of this run (``None``: nothing left to run) and why the recipe was changed, if it was."""
     steps = [s.name for s in parse_recipe(config.heal)]
@@ -165,21 +149,6 @@ def heal_student(
     return result, note, folder
 
 
-@torch.inference_mode()
-def block_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int = 4) -> np.ndarray:
-    """Mean next-token NLL (nats) of each ``(N, T)`` block, ``(N,)``: the perplexity protocol, per block.
-
-    ``exp`` of the mean over blocks is ``frankenllama.eval.perplexity.perplexity`` (every block has
-    ``T − 1`` predictions); per-block values are the paired units of the perplexity comparison.
-    """
-    check_blocks(model, blocks)
-    device, out = model_device(model), []
-    for start in range(0, len(blocks), batch_size):
-        ids = blocks[start : start + batch_size].to(device)  # (B, T)
-        out.append(next_token_nll(model(input_ids=ids).logits, ids).mean(dim=1).cpu())  # (B,)
-    return torch.cat(out).double().numpy()
-
-
 def eval_settings(config: CompressConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """What the evaluation of one model reads (part of its cache key)."""
     chat = bool(getattr(tokenizer, "chat_template", None)) if config.chat_template is None else config.chat_template
@@ -198,7 +167,8 @@ def evaluate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, model_i
         nll = {}
         for domain, corpus in settings["domains"].items():
             blocks = DataConfig(corpus, "eval", config.block_len, config.eval_blocks).blocks(tokenizer, model)
-            nll[domain] = block_nll(model, blocks, config.batch_size).tolist()
+            sums, counts = block_nll(model, blocks, batch_size=config.batch_size)  # the perplexity protocol, per block
+            nll[domain] = (sums / counts).tolist()  # each block's mean next-token NLL: the paired units
         tasks = evaluate_tasks(model, tokenizer, config.tasks, config.eval_items, config.seed, settings["chat_template"],
                                progress=True)  # fmt: skip
         return {"nll": nll, "tasks": {task: asdict(r) for task, r in tasks.items()}}

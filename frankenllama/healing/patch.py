@@ -75,6 +75,20 @@ def contiguous_runs(layers: list[int]) -> list[tuple[int, ...]]:
     return [tuple(r) for r in runs]
 
 
+def patchable_layers(student: PreTrainedModel) -> tuple[int, ...]:
+    """Original ids of the removed runs the patch can stand in for (``HealConfig.patch_layers``).
+
+    A run is patched through the down projection of the block before it, so it must not start at
+    block 0 and that block must have kept its MLP (a sub-block strategy may have removed it).
+    """
+    from frankenllama.sublayer import removed_sublayers  # sublayer builds on surgery, as this module does
+
+    kept = lineage(student)["kept_layers"]
+    no_mlp = set(removed_sublayers(student)["mlp"])  # current block indices
+    runs = [r for r in contiguous_runs(removed_layers(student)) if r[0] > 0 and kept.index(r[0] - 1) not in no_mlp]
+    return tuple(layer for run in runs for layer in run)
+
+
 def patch_runs(student: PreTrainedModel, layers: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
     """The removed runs to patch: all of ``student``'s, or those that ``layers`` names (whole runs only)."""
     removed = removed_layers(student)

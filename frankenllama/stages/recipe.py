@@ -43,9 +43,9 @@ import pandas as pd
 from frankenllama.budget import count_params, unit_params
 from frankenllama.cache import seed_everything, to_jsonable
 from frankenllama.healing import heal
-from frankenllama.healing.patch import contiguous_runs
+from frankenllama.healing.patch import patchable_layers
 from frankenllama.healing.recipes import parse_recipe
-from frankenllama.models import decoder_layers, num_layers
+from frankenllama.models import num_layers
 from frankenllama.selection import get_strategy
 from frankenllama.stages.common import shared_model
 from frankenllama.stages.evaluation import (BASELINE, EvaluationConfig, evaluation_stage, paired_perplexity_table,
@@ -53,7 +53,7 @@ from frankenllama.stages.evaluation import (BASELINE, EvaluationConfig, evaluati
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.pruning import PruningConfig, pruning_stage
 from frankenllama.sublayer import prune_sublayers
-from frankenllama.surgery import drop_layers, lineage, removed_layers
+from frankenllama.surgery import drop_layers
 from frankenllama.units import describe
 from frankenllama.variants import intact, list_variants, save_variant, variant_path
 
@@ -181,13 +181,11 @@ def applied_recipe(recipe: str | None, student) -> tuple[str | None, tuple[int, 
     """
     if recipe is None or not parse_recipe(recipe)[0].name == "linear-patch":
         return recipe, None
-    kept, blocks = lineage(student)["kept_layers"], decoder_layers(student)
-    runs = [r for r in contiguous_runs(removed_layers(student))
-            if r[0] > 0 and hasattr(blocks[kept.index(r[0] - 1)].mlp, "down_proj")]
-    if not runs:
+    layers = patchable_layers(student)
+    if not layers:
         rest = "+".join(s.name for s in parse_recipe(recipe)[1:])
         return rest or None, None
-    return recipe, tuple(i for r in runs for i in r)
+    return recipe, layers
 
 
 def _selection(curves: pd.DataFrame, strategy: str, k: int) -> pd.Series:
