@@ -21,7 +21,8 @@ overrides = {}  # single settings, e.g. {"recipe.healing.tokens": 8192, "recipe.
 #
 # Each peer's **whole pipeline** — its selection and its healing, as its paper runs it — against
 # the FrankenLLaMA recipe, on the same model, at the **same parameter count** (10, 20 and 30 % of the
-# decoder's parameters removed) and with the **same training-token budget** for every trained pipeline:
+# decoder's parameters removed) and with the **same training-token budget** for every trained pipeline
+# (and LoRA adapters of the same rank, the recipe's, for every LoRA pipeline):
 #
 # | pipeline | selection | healing |
 # |---|---|---|
@@ -57,7 +58,7 @@ display(Markdown(
     f"Profile `{run.name}`: {config.healing.tokens:,} training tokens per trained pipeline "
     f"({config.healing.tokens // (config.healing.batch_size * config.healing.block_len)} steps of "
     f"{config.healing.batch_size} × {config.healing.block_len}), {config.healing.patch_tokens:,} calibration tokens "
-    f"for the linear patch; perplexity on {config.evaluation.ppl_blocks} blocks of {config.evaluation.block_len} "
+    f"for the linear patch, LoRA rank {config.healing.lora_rank} for every LoRA pipeline; perplexity on {config.evaluation.ppl_blocks} blocks of {config.evaluation.block_len} "
     "tokens per domain; "
     f"zero-shot on {config.evaluation.tasks.limit or 'all'} items of {', '.join(config.evaluation.tasks.tasks)} "
     f"at {'every ratio' if config.zero_shot_ks is None else f'k = {list(config.zero_shot_ks)} blocks worth'}. "
@@ -83,9 +84,10 @@ study.runs[["percent", "pipeline", "strategy", "recipe", "removed", "params_M", 
 # byte (lower is better), `acc_norm` in points; wall time = selection + healing, in seconds. The
 # selection time is notebook 02's, for all of its k's, and a measurement shared by several strategies
 # (the similarity pass, the greedy run) is charged to the first that needed it: read it as an order
-# of magnitude. `recipe` is the recipe as it ran: the linear patch folds into the MLP of the block
-# before a removed run, so where a sub-layer choice removed that MLP (or no whole block) the patch
-# step is dropped and the column says so.
+# of magnitude. `recipe` is the recipe as it ran: the linear patch folds into the last projection of
+# the block before a removed run (its MLP's, or its attention's where a sub-layer choice removed that
+# MLP), so where a choice removed no whole block (or only a run at block 0) the patch step is dropped
+# and the column says so.
 
 # %%
 table = study_table(study)

@@ -222,19 +222,20 @@ def test_whole_block_strategy_saves_a_plain_transformers_folder(workbook, tmp_pa
     assert result.report["healing"]["patch_fits"] and result.report["choice"]["removed_layers"] == result.report["choice"]["removed"]
 
 
-def test_the_patch_is_planned_only_for_runs_after_a_block_that_kept_its_mlp():
+def test_the_patch_is_planned_for_every_run_that_does_not_start_at_block_0():
     from frankenllama.compress.steps import heal_plan, patchable_layers
     from frankenllama.sublayer import prune_sublayers
     from frankenllama.surgery import drop_layers
     from frankenllama.units import layer_units, sublayer_id
 
     model = tiny_llama(num_layers=LAYERS)
-    assert patchable_layers(drop_layers(model, [0, 3, 4])) == (3, 4)  # a cut at block 0 has no MLP before it
-    # block 2 lost its MLP: the run [3] after it cannot be folded into block 2's down projection
+    assert patchable_layers(drop_layers(model, [0, 3, 4])) == (3, 4)  # a cut at block 0 has no projection before it
+    # block 2 lost its MLP: the run [3] after it is folded into block 2's attention output projection
     student = prune_sublayers(model, [sublayer_id(2, "mlp"), *layer_units([3]), sublayer_id(5, "attn")])
-    assert patchable_layers(student) == ()
+    assert patchable_layers(student) == (3,)
     plan, note = heal_plan(CompressConfig("m", "0.8", heal="linear-patch+kd-lora", tokens=256), student)
-    assert plan.recipe == "kd-lora" and "linear patch skipped" in note
-    assert heal_plan(CompressConfig("m", "0.8", heal="linear-patch"), student) == (None, note)
-    plan, note = heal_plan(CompressConfig("m", "0.8"), prune_sublayers(model, [*layer_units([3]), sublayer_id(1, "attn")]))
     assert plan.recipe == "linear-patch+kd-lora" and plan.patch_layers == (3,) and note is None
+    at_zero = drop_layers(model, [0])
+    plan, note = heal_plan(CompressConfig("m", "0.8", heal="linear-patch+kd-lora", tokens=256), at_zero)
+    assert plan.recipe == "kd-lora" and "linear patch skipped" in note
+    assert heal_plan(CompressConfig("m", "0.8", heal="linear-patch"), at_zero) == (None, note)

@@ -40,8 +40,11 @@ from frankenllama.healing import (
 )
 from frankenllama.healing.checkpoint import INDEX_FILE, LEGACY_FILE, decode, encode, rng_state, set_rng_state
 from frankenllama.healing.teacher import cached_teacher_targets, full_kl, sparse_kl
+from frankenllama.healing.patch import patchable_layers
 from frankenllama.models import decoder_layers
+from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
+from frankenllama.units import layer_units, sublayer_id
 
 VOCAB = 128
 
@@ -295,6 +298,37 @@ def test_linear_patch_is_exact_for_a_linear_removed_block():
     assert unpatched_gap > 1e-2
     torch.testing.assert_close(logits(student, test), logits(teacher, test), atol=1e-4, rtol=1e-4)
     assert type(student) is LlamaForCausalLM and len(decoder_layers(student)) == 3
+
+
+def test_linear_patch_folds_into_the_attention_when_the_block_before_the_cut_lost_its_mlp():
+    """Block 0 keeps only its attention (output ``A_0``, second half of the stream); removed block 1 adds ``A_0 B``."""
+    teacher = tiny_llama(num_layers=4)
+    d = teacher.config.hidden_size
+    half = d // 2
+    with torch.no_grad():
+        teacher.model.embed_tokens.weight[:, half:] = 0
+        teacher.lm_head.weight.copy_(teacher.model.embed_tokens.weight)
+        blk0 = decoder_layers(teacher)[0]
+        blk0.self_attn.o_proj.weight[:half, :] = 0  # the attention writes only the second half: h P = A_0
+        blk0.mlp.down_proj.weight.zero_()  # an MLP that adds nothing: removing it changes nothing
+    mix = torch.randn(d, d, generator=torch.Generator().manual_seed(7)) * 0.3
+
+    def linear_forward(self, hidden_states, *args, **kwargs):
+        a = torch.zeros_like(hidden_states)
+        a[..., half:] = hidden_states[..., half:]
+        return hidden_states + a @ mix.to(a.device, a.dtype)
+
+    decoder_layers(teacher)[1].forward = types.MethodType(linear_forward, decoder_layers(teacher)[1])
+    student = prune_sublayers(teacher, [sublayer_id(0, "mlp"), *layer_units([1])])
+    assert patchable_layers(student) == (1,)
+    test = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(5))
+    down_before = decoder_layers(student)[0].self_attn.o_proj.weight.clone()
+    assert (logits(student, test) - logits(teacher, test)).abs().max() > 1e-2
+    fits = linear_patch(student, teacher, torch.randint(0, VOCAB, (8, 16), generator=torch.Generator().manual_seed(4)))
+    assert len(fits) == 1 and fits[0].removed == (1,) and fits[0].student_layer == 0
+    assert fits[0].rel_error < 1e-8 < fits[0].rel_error_identity
+    assert not torch.equal(decoder_layers(student)[0].self_attn.o_proj.weight, down_before)
+    torch.testing.assert_close(logits(student, test), logits(teacher, test), atol=1e-4, rtol=1e-4)
 
 
 def test_linear_patch_is_identity_when_the_removed_block_does_nothing():

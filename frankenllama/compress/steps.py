@@ -7,7 +7,8 @@
 * ``prune`` — remove the chosen blocks (``surgery.drop_layers``) or sub-blocks (``sublayer.prune_sublayers``).
 * ``heal_student`` — ``frankenllama.healing.heal`` with the recipe (a healed folder reused by its
   run fingerprint, checkpoints every ``checkpoint_every`` steps). The ReplaceMe patch folds into the
-  MLP just before a removed run, so it is applied only to runs whose preceding block kept its MLP.
+  last projection before a removed run (the MLP's, or the attention's where that block lost its MLP),
+  so it covers every run of whole blocks but one at block 0.
 * ``evaluate`` — per-block next-token NLL on held-out text of both domains and per-item zero-shot
   scores (``frankenllama.eval.zero_shot``), cached per model digest.
 * ``speed`` — size and prefill / decode speed of the original and the compressed model side by side
@@ -113,7 +114,7 @@ def heal_plan(config: CompressConfig, student: PreTrainedModel) -> tuple[HealCon
     layers, note = patchable_layers(student), None
     if "linear-patch" in steps and not layers:
         steps.remove("linear-patch")
-        note = "linear patch skipped: no removed run of whole blocks follows a block that kept its MLP"
+        note = "linear patch skipped: no removed run of whole blocks after block 0 for it to stand in for"
     if not steps:
         return None, note
     patches = "linear-patch" in steps

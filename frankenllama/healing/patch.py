@@ -16,6 +16,11 @@ In the unpruned model the removed run then maps ``out_p`` to ``L`` = the residua
 and folds it into the down projection, ``W_down ← T*ᵀ W_down``, so block ``p`` now outputs
 ``Y + M T* ≈ L``: the architecture stays a vanilla transformers model with the same parameter count.
 
+When a sub-block strategy has also removed block ``p``'s MLP (part-swap often takes the MLP next to a
+removed run: it is cheap), the last write into the stream before the cut is the attention's output
+projection. The same fit then reads ``M = Attn_p(norm(x))`` and ``Y = x`` (the block's input) and
+folds ``T*`` into ``o_proj`` (``W_o ← T*ᵀ W_o``): block ``p`` outputs ``x + A T* ≈ L``.
+
 Why the MLP output and not the residual entering the cut? A map on the residual stream
 ``x ↦ x T`` cannot be folded into any existing weight — the skip connection carries ``Y`` through
 unchanged — whereas the MLP output enters the stream only through ``W_down``, so a linear map on it
@@ -42,6 +47,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from frankenllama.models import decoder_layers, model_device
+from frankenllama.sublayer import removed_sublayers
 from frankenllama.surgery import lineage, removed_layers
 
 
@@ -78,14 +84,11 @@ def contiguous_runs(layers: list[int]) -> list[tuple[int, ...]]:
 def patchable_layers(student: PreTrainedModel) -> tuple[int, ...]:
     """Original ids of the removed runs the patch can stand in for (``HealConfig.patch_layers``).
 
-    A run is patched through the down projection of the block before it, so it must not start at
-    block 0 and that block must have kept its MLP (a sub-block strategy may have removed it).
+    A run is patched through the last projection that writes into the stream before it: the down
+    projection of the block before it, or that block's attention output projection where a sub-block
+    strategy removed its MLP. So every run but one that starts at block 0 can be patched.
     """
-    from frankenllama.sublayer import removed_sublayers  # sublayer builds on surgery, as this module does
-
-    kept = lineage(student)["kept_layers"]
-    no_mlp = set(removed_sublayers(student)["mlp"])  # current block indices
-    runs = [r for r in contiguous_runs(removed_layers(student)) if r[0] > 0 and kept.index(r[0] - 1) not in no_mlp]
+    runs = [r for r in contiguous_runs(removed_layers(student)) if r[0] > 0]
     return tuple(layer for run in runs for layer in run)
 
 
@@ -173,7 +176,10 @@ def _same_prefix(student: PreTrainedModel, teacher: PreTrainedModel, p: int) -> 
     pairs = [(student.get_input_embeddings(), teacher.get_input_embeddings())]
     pairs += [(decoder_layers(student)[k], decoder_layers(teacher)[k]) for k in range(p + 1)]
     for a, b in pairs:
-        for (na, ta), (nb, tb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        sa, sb = a.state_dict(), b.state_dict()
+        if list(sa) != list(sb):  # a sub-block removed from the student
+            return False
+        for (na, ta), (nb, tb) in zip(sa.items(), sb.items(), strict=True):
             if na != nb or ta.shape != tb.shape or ta.device != tb.device or not torch.equal(ta, tb):
                 return False
     return True
@@ -182,7 +188,12 @@ def _same_prefix(student: PreTrainedModel, teacher: PreTrainedModel, p: int) -> 
 @torch.no_grad()
 def fold_into_down_proj(mlp: nn.Module, transform: torch.Tensor) -> None:
     """Make ``mlp``'s output ``M`` become ``M T``: ``W_down ← Tᵀ W_down`` (and ``b ← b T``)."""
-    down = mlp.down_proj
+    fold_into_projection(mlp.down_proj, transform)
+
+
+@torch.no_grad()
+def fold_into_projection(down: nn.Linear, transform: torch.Tensor) -> None:
+    """Make the output ``M`` of the linear map ``down`` (into the residual stream) become ``M T``."""
     w = down.weight  # (d, m)
     t = transform.to(torch.float64)  # (d, d)
     down.weight.copy_((t.T.to(w.device) @ w.to(torch.float64)).to(w.dtype))
@@ -222,6 +233,10 @@ def linear_patch(
         p = kept.index(run[0] - 1)
         block = s_layers[p]
         d = student.config.hidden_size
+        # the last projection into the stream before the cut: the MLP's, or the attention's where the MLP was removed
+        via_attention = p in removed_sublayers(student)["mlp"]
+        source, projection = (block.self_attn, block.self_attn.o_proj) if via_attention else (block.mlp, block.mlp.down_proj)
+        before = (block, "in") if via_attention else (block.post_attention_layernorm, "in")
         if ridge == 0 and len(calib_blocks) * calib_blocks.shape[1] < d:
             raise PatchError(
                 f"{calib_blocks.numel()} calibration tokens are fewer than the hidden size {d}: the least-squares "
@@ -244,7 +259,7 @@ def linear_patch(
                 target = got["L"]
             else:
                 target = _capture(teacher, ids.to(t_dev), {"L": (t_layers[run[-1]], "out")})["L"]
-                got = _capture(student, ids.to(s_dev), {"Y": (block.post_attention_layernorm, "in"), "M": (block.mlp, "out")})
+                got = _capture(student, ids.to(s_dev), {"Y": before, "M": (source, "out")})
             m = got["M"].reshape(-1, d).double().cpu()  # (n, d)
             delta = (target.to(s_dev) - got["Y"]).reshape(-1, d).double().cpu()  # (n, d)
             gram += m.T @ m
@@ -256,6 +271,6 @@ def linear_patch(
         transform = torch.linalg.pinv(gram + lam * torch.eye(d, dtype=torch.float64), hermitian=True) @ cross
         # ‖MT − Δ‖² = tr(Tᵀ MᵀM T) − 2 tr(Tᵀ MᵀΔ) + ‖Δ‖², from the accumulated statistics
         resid = float(torch.trace(transform.T @ gram @ transform) - 2 * torch.trace(transform.T @ cross)) + target_sq
-        fold_into_down_proj(block.mlp, transform)
+        fold_into_projection(projection, transform)
         fits.append(PatchFit(run, p, max(resid, 0.0) / target_sq, err_id / target_sq, tokens))
     return fits

@@ -59,6 +59,7 @@ class HealingStageConfig:
     ood_corpus: str | None = "olmo-passages"  # out-of-domain eval text (its eval split; None: in-domain only)
     patch_tokens: int = 8192  # calibration tokens for the linear patch's least-squares fit
     kd_top_k: int = 64  # distillation targets: the teacher's top-k tokens, cached once (0: full KL)
+    lora_rank: int = 8  # rank of every LoRA recipe's adapters (alpha = 2 x rank: the same scale at every rank)
     seed: int = 0  # seed set at the entry of each healing run
     variant_prefix: str | None = "healed"  # healed models are saved as variants <prefix>-<recipe> (None: not saved)
 
@@ -83,7 +84,8 @@ class HealingStageConfig:
         """The config every recipe runs with (its ``recipe`` replaced per run)."""
         return HealConfig(tokens=self.tokens, batch_size=self.batch_size, eval_every=self.eval_every,
                           checkpoint_every=self.checkpoint_every, patch_tokens=self.patch_tokens,
-                          kd_top_k=self.kd_top_k, seed=self.seed)  # fmt: skip
+                          kd_top_k=self.kd_top_k, lora_rank=self.lora_rank, lora_alpha=2.0 * self.lora_rank,
+                          seed=self.seed)  # fmt: skip
 
     def data(self, split: str) -> DataConfig:
         """The blocks of ``split``: ``train`` covers the budget, ``calib`` the patch tokens, ``eval`` ``eval_blocks``,

@@ -32,7 +32,7 @@ from frankenllama.stages.deployment import DeploymentConfig
 from frankenllama.stages.evaluation import EvaluationConfig
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.pruning import STUDY_KS, PruningConfig, ScoringConfig
-from frankenllama.stages.recipe import OURS_RECIPE, OURS_STRATEGY, RecipeStudyConfig
+from frankenllama.stages.recipe import LORA_RANK, OURS_RECIPE, OURS_STRATEGY, RecipeStudyConfig
 from frankenllama.stages.similarity import SimilarityConfig
 from frankenllama.stages.study import StudyConfig
 
@@ -100,10 +100,11 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 2, warmup=1, threads=1),
                         max_new_tokens=32, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
-        # notebook 05 (~8 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), perplexity on
-        # 6 blocks of 256 tokens per domain at every ratio, zero-shot (40 items x 3 tasks) at 20 % only
+        # notebook 05 (~8 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), LoRA of the recipe's
+        # rank for every LoRA pipeline (the peers get the same adapter size), perplexity on 6 blocks of 256 tokens
+        # per domain at every ratio, zero-shot (40 items x 3 tasks) at 20 % only
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
-                    healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=4096),
+                    healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=4096, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=40, block_len=256, ppl_blocks=6)),
         # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens (no healing curve:
         # the notebook measures every model in llama.cpp); ~4 min of notebook 06 on an idle machine (both cores)
@@ -124,7 +125,7 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         speed=SpeedConfig((1, 2), 16, 3, 1, warmup=0, threads=1), max_new_tokens=8,
                         variant_prefix="smoke-", exclude_prefix=None, max_variants=1),
         recipe=dict(ks=(1, 2), ours=OURS_DEFAULT, zero_shot_ks=(2,), n_boot=200, variant_prefix="smoke-recipe",
-                    healing=dict(tokens=128, block_len=64, batch_size=2, eval_blocks=1, patch_tokens=1024),
+                    healing=dict(tokens=128, block_len=64, batch_size=2, eval_blocks=1, patch_tokens=1024, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2)),
         deployment=dict(prune_ks=(2,), qtypes=("f16", "q4_0"), data=(32, 2), ood=(32, 1),
                         healing=dict(recipes=("linear-patch+kd-lora",), tokens=128, patch_tokens=1024, eval_every=1,
@@ -142,7 +143,7 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         speed=SpeedConfig((1, 8), 128, 32, 5, warmup=2, threads=None), max_new_tokens=64,
                         variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None),
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=None, n_boot=2000,
-                    healing=dict(tokens=65536, block_len=512, batch_size=8, eval_blocks=8, patch_tokens=65536),
+                    healing=dict(tokens=65536, block_len=512, batch_size=8, eval_blocks=8, patch_tokens=65536, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64)),
         deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(512, 64), ood=(512, 32),
                         healing=dict(recipes=("linear-patch+kd-lora",), variant_prefix="deploy"),
