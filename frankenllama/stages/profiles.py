@@ -101,10 +101,13 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         max_new_tokens=32, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
         # notebook 05 (~8 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), LoRA of the recipe's
-        # rank for every LoRA pipeline (the peers get the same adapter size), perplexity on 6 blocks of 256 tokens
-        # per domain at every ratio, zero-shot (40 items x 3 tasks) at 20 % only
+        # rank for every LoRA pipeline (the peers get the same adapter size), 32k calibration tokens for every
+        # linear patch (compress's; forward passes only: ~30 s a patch; with 4k, a 576 x 576 least-squares map
+        # fitted on wiki-leads cost the recipe out of domain: 1.90x the original's perplexity at 20 % against
+        # 1.49x without the patch), perplexity on 6 blocks of 256 tokens per domain at every ratio, zero-shot
+        # (40 items x 3 tasks) at 20 % only
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
-                    healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=4096, lora_rank=LORA_RANK),
+                    healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=32768, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=40, block_len=256, ppl_blocks=6)),
         # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens (no healing curve:
         # the notebook measures every model in llama.cpp); ~4 min of notebook 06 on an idle machine (both cores)

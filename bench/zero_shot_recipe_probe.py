@@ -1,0 +1,117 @@
+"""Probe: which healing keeps zero-shot accuracy at 20 % of SmolLM2's decoder removed (part-swap's cut).
+
+Everything it measures is kept apart from what notebooks 04/05 and ``compress`` report: zero-shot items
+drawn with seed 1 (200 per task of ARC-Easy, PIQA, HellaSwag; the reports draw with seed 0, so a few items
+overlap by chance), olmo-passages eval blocks 48-79 and wiki-leads eval blocks 32-55 (256 tokens). Each
+run is paired against the unpruned model on the same items and blocks: acc_norm (points) and gold-answer
+bits per byte with 95 % paired-bootstrap intervals stratified by task, perplexity ratios. Prints and
+appends one JSON line to bench/results/zero_shot_recipe_probe.jsonl. The session-7 lines chose
+``LORA_RANK`` and the attention-projection patch of ``frankenllama.stages.recipe`` (see its comment);
+their wall times are not comparable (some ran beside another job on the 2 cores).
+
+    python bench/zero_shot_recipe_probe.py --recipe linear-patch+kd-lora --rank 32 --tag patch-kdlora-r32
+    python bench/zero_shot_recipe_probe.py --load out/smol-0.843 --tag compress-output
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from frankenllama.data import load_corpus, token_blocks
+from frankenllama.eval.paired import paired_difference
+from frankenllama.eval.perplexity import perplexity
+from frankenllama.eval.zero_shot import apply_chat, evaluate_tasks
+from frankenllama.healing import HealConfig
+from frankenllama.healing.pipeline import heal
+from frankenllama.models import load_model
+from frankenllama.paths import CACHE_DIR
+from frankenllama.stages.common import DataConfig, shared_model
+from frankenllama.sublayer import prune_sublayers
+
+PART_SWAP_20 = "10 27 28 29 30 31 32 33 34 35 36 37"  # 5.attn, 13.mlp, blocks 14-18: compress --target 0.843
+TASKS = ("arc_easy", "piqa", "hellaswag")
+RESULTS = Path(__file__).parent / "results" / "zero_shot_recipe_probe.jsonl"
+
+p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p.add_argument("--units", default=PART_SWAP_20, help="sub-block ids to remove (2l attention, 2l+1 MLP)")
+p.add_argument("--load", default="", help="measure a saved model folder instead of cutting --units")
+p.add_argument("--recipe", default="none")
+p.add_argument("--tokens", type=int, default=65536)
+p.add_argument("--calib", type=int, default=32768, help="calibration tokens of the linear patch")
+p.add_argument("--len", type=int, default=256, help="training block length")
+p.add_argument("--lr", type=float, default=None)
+p.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = 2 x rank)")
+p.add_argument("--kdw", type=float, default=1.0, help="kd_weight")
+p.add_argument("--chat", type=float, default=0.0,
+               help="fraction of training texts put in the chat template (first sentence as the user turn)")
+p.add_argument("--items", type=int, default=200)
+p.add_argument("--tag", default="")
+a = p.parse_args()
+torch.set_num_threads(2)
+t0 = time.time()
+teacher, tok = shared_model("smollm2-135m")
+ood = token_blocks(tok, load_corpus("olmo-passages", "eval"), 256, max_blocks=80)[48:80]
+ind = token_blocks(tok, load_corpus("wiki-leads", "eval"), 256, max_blocks=56)[32:56]
+
+
+def measure(model) -> dict:
+    scores = evaluate_tasks(model, tok, TASKS, a.items, seed=1, chat_template=True)
+    items = {t: [(i.acc_norm, i.gold_bpb) for i in scores[t].items] for t in TASKS}
+    return {"ood": perplexity(model, ood, batch_size=8), "ind": perplexity(model, ind, batch_size=8), "items": items}
+
+
+reference = CACHE_DIR / f"zero_shot_probe_original_{a.items}.pkl"
+if reference.exists():
+    original = pickle.loads(reference.read_bytes())
+else:
+    original = measure(teacher)
+    reference.write_bytes(pickle.dumps(original))
+
+model = load_model(a.load)[0] if a.load else prune_sublayers(teacher, [int(u) for u in a.units.split()])
+heal_s = 0.0
+if a.recipe != "none":
+    texts = load_corpus("wiki-leads", "train")
+    if a.chat > 0:
+        chatted = []
+        for i, text in enumerate(texts):
+            end = re.search(r"[.!?] ", text[20:])
+            if int((i + 1) * a.chat) > int(i * a.chat) and end:  # every 1/chat-th text (0.5: the odd ones)
+                cut = 20 + end.start() + 1
+                text = apply_chat(tok, text[:cut].strip()) + text[cut:].strip()
+            chatted.append(text)
+        texts = chatted
+    config = HealConfig(recipe=a.recipe, tokens=a.tokens, batch_size=4, lr=a.lr, kd_weight=a.kdw, lora_rank=a.rank,
+                        lora_alpha=2.0 * a.rank, patch_tokens=a.calib, kd_top_k=64, seed=0)
+    train = token_blocks(tok, texts, a.len, max_blocks=a.tokens // a.len)
+    calib = DataConfig("wiki-leads", "calib", 256, a.calib // 256).blocks(tok, teacher)
+    start = time.time()
+    model = heal(model, tok, config, train_blocks=train, teacher=teacher, calib_blocks=calib, eval_blocks=None,
+                 progress=False).model
+    heal_s = time.time() - start
+got = measure(model)
+groups = np.concatenate([[t] * len(original["items"][t]) for t in TASKS])
+
+
+def column(scores: dict, j: int) -> np.ndarray:
+    return np.concatenate([[s[j] for s in scores["items"][t]] for t in TASKS])
+
+
+acc = paired_difference(100 * column(got, 0), 100 * column(original, 0), groups=groups)
+bpb = paired_difference(column(got, 1), column(original, 1), groups=groups)
+row = {"tag": a.tag, "units": "" if a.load else a.units, "load": a.load, "recipe": a.recipe, "tokens": a.tokens,
+       "calib": a.calib, "len": a.len, "lr": a.lr, "rank": a.rank, "kdw": a.kdw, "chat": a.chat,
+       "acc_norm": round(acc.diff, 2), "acc_lo": round(acc.low, 2), "acc_hi": round(acc.high, 2),
+       "bpb": round(bpb.diff, 4), "bpb_lo": round(bpb.low, 4), "bpb_hi": round(bpb.high, 4),
+       "ood": round(got["ood"] / original["ood"], 4), "ind": round(got["ind"] / original["ind"], 4),
+       "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}  # fmt: skip
+print(json.dumps(row))
+with RESULTS.open("a") as f:
+    f.write(json.dumps(row) + "\n")
