@@ -179,21 +179,16 @@ def _same_prefix(student: PreTrainedModel, teacher: PreTrainedModel, p: int) -> 
         sa, sb = a.state_dict(), b.state_dict()
         if list(sa) != list(sb):  # a sub-block removed from the student
             return False
-        for (na, ta), (nb, tb) in zip(sa.items(), sb.items(), strict=True):
-            if na != nb or ta.shape != tb.shape or ta.device != tb.device or not torch.equal(ta, tb):
+        for ta, tb in zip(sa.values(), sb.values(), strict=True):
+            if ta.shape != tb.shape or ta.device != tb.device or not torch.equal(ta, tb):
                 return False
     return True
 
 
 @torch.no_grad()
-def fold_into_down_proj(mlp: nn.Module, transform: torch.Tensor) -> None:
-    """Make ``mlp``'s output ``M`` become ``M T``: ``W_down ← Tᵀ W_down`` (and ``b ← b T``)."""
-    fold_into_projection(mlp.down_proj, transform)
-
-
-@torch.no_grad()
 def fold_into_projection(down: nn.Linear, transform: torch.Tensor) -> None:
-    """Make the output ``M`` of the linear map ``down`` (into the residual stream) become ``M T``."""
+    """Make the output ``M`` of ``down`` (a projection into the residual stream: an MLP's ``down_proj``
+    or an attention's ``o_proj``) become ``M T``: ``W ← Tᵀ W`` (and ``b ← b T``)."""
     w = down.weight  # (d, m)
     t = transform.to(torch.float64)  # (d, d)
     down.weight.copy_((t.T.to(w.device) @ w.to(torch.float64)).to(w.dtype))
@@ -244,7 +239,7 @@ def linear_patch(
             )
         # Before any patch is folded the student's prefix is the teacher's own: read Y and M from the
         # teacher's pass too and skip the student's.
-        shared = _same_prefix(student, teacher, p)
+        shared = not via_attention and _same_prefix(student, teacher, p)  # the teacher's pass reads the MLP's hook points
         t_block = t_layers[run[0] - 1]
         gram = torch.zeros(d, d, dtype=torch.float64)  # MᵀM
         cross = torch.zeros(d, d, dtype=torch.float64)  # Mᵀ(L − Y)

@@ -100,11 +100,11 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 2, warmup=1, threads=1),
                         max_new_tokens=32, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
-        # notebook 05 (~8 min): 4k training tokens per trained pipeline (8 steps of 4 x 128), LoRA of the recipe's
-        # rank for every LoRA pipeline (the peers get the same adapter size), 32k calibration tokens for every
-        # linear patch (compress's; forward passes only: ~30 s a patch; with 4k, a 576 x 576 least-squares map
-        # fitted on wiki-leads cost the recipe out of domain: 1.90x the original's perplexity at 20 % against
-        # 1.49x without the patch), perplexity on 6 blocks of 256 tokens per domain at every ratio, zero-shot
+        # notebook 05 (~12 min, 735 s measured alone): 4k training tokens per trained pipeline (8 steps of 4 x 128),
+        # LoRA of the recipe's rank for every LoRA pipeline (the peers get the same adapter size), 32k calibration
+        # tokens for every linear patch (compress's; forward passes only, ~20 s a fit; with 4k the 576 x 576
+        # least-squares map overfits wiki-leads: the recipe's out-of-domain perplexity at 20 % was 1.90x the
+        # original's, 1.58x with 32k), perplexity on 6 blocks of 256 tokens per domain at every ratio, zero-shot
         # (40 items x 3 tasks) at 20 % only
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
                     healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=32768, lora_rank=LORA_RANK),
