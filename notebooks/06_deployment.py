@@ -16,7 +16,7 @@ model = ""  # registry name or local transformers folder; empty: the profile's (
 corpus = ""  # in-domain corpus (its eval split); empty: wiki-leads. Out of domain: olmo-passages
 context = 2048  # context length whose KV cache the memory budgets below must hold
 pruning_table = ""  # notebook 02's pruning-curve CSV (figures/pruning_curve.csv) for the cuts; empty: its cache
-overrides = {}  # single settings, e.g. {"deployment.prune_ks": [3, 6], "deployment.healing.recipes": ["lora"]}
+overrides = {}  # single settings, e.g. {"deployment.prune_ks": [3, 6], "deployment.qtypes": ["f16", "q4_0"]}
 
 # %% [markdown]
 # # 06 · Deploying the smaller model: remove blocks or quantize harder?
@@ -26,15 +26,17 @@ overrides = {}  # single settings, e.g. {"deployment.prune_ks": [3, 6], "deploym
 # computers). There a reader asks first: *at the same number of bytes, is it better to remove blocks
 # or to quantize harder?*
 #
-# For each removal — 0, 10, 20 and 30 % of the decoder (k = 0, 3, 6, 9 of SmolLM2's 30 blocks), the
-# best whole-block cut of notebook 02 at each k — unhealed and healed with one recipe (the profile's
-# `deployment.healing`, by default the linear patch followed by distillation into LoRA), and for each
-# GGUF storage type (f16, q8_0, q4_0), the model is exported (`frankenllama.export`) and run in
-# llama.cpp: file size, peak memory of a fresh process, prefill and decode speed (every combination
-# timed side by side in one run, best of the rounds), held-out perplexity in domain (the wiki-leads
-# eval split) and out of domain (olmo-passages), and KL divergence and top-1 agreement with the
-# original's f16 logits on the same blocks. The healed models are saved as variants `deploy-k<k>-<recipe>`,
-# which notebook 04 leaves out.
+# For each removal — 0, 10, 20 and 30 % of the decoder (k = 0, 3, 6, 9 of SmolLM2's 30 blocks) — two
+# models: the best whole-block cut of notebook 02 at that k, unhealed, and the FrankenLLaMA recipe at
+# the same size as notebook 05 made it (its own cut, part-swap's blocks and sub-blocks, then the linear
+# patch and distillation into LoRA: what `python -m frankenllama compress` makes, at notebook 05's
+# budget; notebook 05's saved variants `recipe-<percent>-frankenllama` are read back, nothing is
+# healed twice). For each GGUF storage type (f16, q8_0, q4_0) the model is exported
+# (`frankenllama.export`; a cut with sub-blocks removed becomes a `deci` file) and run in llama.cpp:
+# file size, peak memory of a fresh process, prefill and decode speed (every combination timed side by
+# side in one run, best of the rounds), held-out perplexity in domain (the wiki-leads eval split) and
+# out of domain (olmo-passages), and KL divergence and top-1 agreement with the original's f16 logits
+# on the same blocks.
 
 # %%
 from IPython.display import Markdown, display
@@ -58,15 +60,17 @@ display(Markdown("\n".join(f"* k = {k}: **{s}** removes blocks {list(dict(config
 config
 
 # %% [markdown]
-# ## Export, heal, measure
-# Cached: a re-run with the same settings reads the table (and the healed variants) back.
+# ## Export, measure
+# Cached: a re-run with the same settings reads the table back (and the recipe's variants: run
+# notebook 05 first, or this cell heals them as notebook 05 would).
 
 # %%
 rows = deployment_stage(config)
 table = deployment_table(rows)
 write_table(table, out, "deployment", caption=(
-    f"{config.model} in llama.cpp: blocks removed (best whole-block strategy of notebook 02), healed or not "
-    f"({config.healing.recipes[0] if config.healing else 'none'}), GGUF type; perplexity on "
+    f"{config.model} in llama.cpp: blocks removed (best whole-block strategy of notebook 02), or healed: "
+    f"{'the recipe of notebook 05 at the same size' if config.recipe else config.healing.recipes[0] if config.healing else 'none'}; "
+    "GGUF type; perplexity on "
     f"{config.data.n_blocks}x{config.data.block_len} in-domain ({config.data.corpus}) tokens"
     + (f" and {config.ood_data.n_blocks}x{config.ood_data.block_len} out-of-domain ({config.ood_data.corpus})"
        if config.ood_data else "") + "; KL and top-1 against the original's f16 logits; speeds best of "
@@ -80,7 +84,7 @@ view.rename(columns={"file_bytes": "file MB", "peak_rss_bytes": "peak RSS MB"}).
 # %% [markdown]
 # ## Quality against bytes
 # One line per GGUF type through k = 0, 3, 6, 9 blocks removed (solid: unhealed; dashed, open
-# markers: healed); the dotted step line is the Pareto front — no other combination is both smaller
+# markers: the recipe at that size); the dotted step line is the Pareto front — no other combination is both smaller
 # and better. Left in domain, right out of domain.
 
 # %%

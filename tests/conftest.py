@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -66,3 +67,28 @@ def eval_blocks(smollm2):
 
     _, tokenizer = smollm2
     return token_blocks(tokenizer, load_corpus("wiki-leads", "eval"), 128, max_blocks=8)
+
+
+# The smoke profile (notebook tests, the browser suite) saves every healed model it makes as a full
+# fp32 variant under data/cache/variants (about 0.5 GB each, 19 of them): removed after each test
+# module, so that `make test` neither fills a small disk (it failed CI once) nor leaves gigabytes behind.
+SMOKE_VARIANT_PREFIXES = ("smoke-", "deploy-smoke")
+
+
+def remove_smoke_variants() -> list[str]:
+    """Delete the smoke profile's saved variants (and their checkpoints or unfinished temporary folders)."""
+    from frankenllama import paths
+
+    removed = []
+    if paths.VARIANTS_DIR.is_dir():
+        for path in paths.VARIANTS_DIR.iterdir():
+            if path.is_dir() and path.name.lstrip(".").startswith(SMOKE_VARIANT_PREFIXES):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path.name)
+    return removed
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_smoke_variants_left():
+    yield
+    remove_smoke_variants()

@@ -85,6 +85,9 @@ def test_deployment_config_validates():
         DeploymentConfig(healing=HealingStageConfig(recipes=("lora",)), granularity="sublayer")
     config = DeploymentConfig(healing=HealingStageConfig(recipes=("lora",), variant_prefix="deploy"))
     assert config.healed_variant(6) == "deploy-k6-lora"
+    with pytest.raises(ValueError, match="not both"):
+        DeploymentConfig(healing=HealingStageConfig(recipes=("lora",), variant_prefix="deploy"),
+                         recipe=build("smoke").recipe)
 
 
 CURVES = pd.DataFrame([  # a pruning stage's table: at k = 3 a sub-block strategy is best overall, not among blocks
@@ -115,14 +118,16 @@ def test_with_best_cuts_takes_the_best_whole_block_strategy(tmp_path):
 
 def test_profiles_build_the_deployment_config():
     default, smoke = build("default"), build("smoke")
-    assert default.deployment.prune_ks == (3, 6, 9) and default.deployment.healing.recipes == ("linear-patch+kd-lora",)
-    assert default.deployment.healing.tokens < default.healing.tokens  # notebook 06 keeps to a few minutes
+    assert default.deployment.prune_ks == (3, 6, 9) and default.deployment.healing is None
+    # the healed rows are notebook 05's recipe models: the same config, so the same saved variants
+    for profile in (default, smoke):
+        assert profile.deployment.recipe == profile.recipe
+        assert set(profile.deployment.prune_ks) <= set(profile.recipe.ks)
     assert default.deployment.ood_data.corpus == "olmo-passages" and default.deployment.data.split == "eval"
-    # notebook 04 leaves the deployment's healed variants out
-    assert "deploy-k3-linear-patch+kd-lora".startswith(default.evaluation.exclude_prefix)
-    assert not smoke.deployment.healing.variant_prefix.startswith(smoke.evaluation.variant_prefix)
-    changed = build("smoke", overrides={"deployment.healing.recipes": ["lora"], "deployment.repeats": 3})
-    assert changed.deployment.healing.recipes == ("lora",) and changed.deployment.repeats == 3
+    # notebook 04 leaves the recipe's variants out
+    assert "recipe-20-frankenllama".startswith(default.evaluation.exclude_prefix)
+    changed = build("smoke", overrides={"recipe.healing.tokens": 256, "deployment.repeats": 3})
+    assert changed.deployment.recipe.healing.tokens == 256 and changed.deployment.repeats == 3
 
 
 def _measured(row, nll):

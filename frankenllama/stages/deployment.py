@@ -1,11 +1,18 @@
 """Notebook 06's stage: depth pruning × quantization, measured where such models are deployed (llama.cpp).
 
 For each removal (k whole blocks: notebook 02's best whole-block strategy at each k, see
-``with_best_cuts``; or the same number of sub-blocks' worth, chosen by the caller), with and
-without healing (``healing``: each k's cut healed with one recipe by the healing stage,
-``frankenllama.stages.healing``; saved as variants ``<prefix>-k<k>-<recipe>``, so a re-run reads them),
-and each GGUF storage type, the stage exports the model (``frankenllama.export.export_gguf``) and
-measures in llama.cpp:
+``with_best_cuts``; or the same number of sub-blocks' worth, chosen by the caller), unhealed and
+healed, and each GGUF storage type, the stage exports the model (``frankenllama.export.export_gguf``)
+and measures in llama.cpp. The healed row at k is one of:
+
+- ``recipe``: the FrankenLLaMA recipe at k blocks' worth, its own selection and healing, exactly as
+  notebook 05 runs it (``frankenllama.stages.recipe.run_pipelines``: the variant notebook 05 saved
+  is read back, so the chain heals nothing twice) — what ``python -m frankenllama compress`` makes,
+  at notebook 05's budget;
+- ``healing``: each k's cut of ``removals`` healed with one recipe by the healing stage
+  (``frankenllama.stages.healing``; saved as variants ``<prefix>-k<k>-<recipe>``, so a re-run reads them).
+
+Measured per file:
 
 - ``file_bytes``: the GGUF file's size;
 - ``peak_rss_bytes``: the peak resident set of a fresh process that loads the file, prefills
@@ -47,13 +54,15 @@ from frankenllama.models import DEFAULT_MODEL, decoder_layers, load_model, load_
 from frankenllama.stages.common import DataConfig
 from frankenllama.stages.healing import HealingStageConfig, healing_stage
 from frankenllama.stages.pruning import best_strategies
+from frankenllama.stages.recipe import OURS, RecipeStudyConfig, run_pipelines
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
 from frankenllama.variants import variant_path
 
 CODE = ("frankenllama.export", "frankenllama.sublayer", "frankenllama.surgery", "frankenllama.data",
         "frankenllama.models", "frankenllama.loss", "frankenllama.healing", "frankenllama.stages.healing",
-        "frankenllama.stages.deployment")  # what computes the cached result (healing: the healed rows)
+        "frankenllama.selection", "frankenllama.budget", "frankenllama.stages.pruning", "frankenllama.stages.recipe",
+        "frankenllama.stages.deployment")  # what computes the cached result (healing / the recipe: the healed rows)
 GRANULARITIES = ("layer", "sublayer")
 LIST_COLUMNS = ("removed_blocks", "removed_sublayers", "nll_blocks", "nll_blocks_ood")  # not table cells
 
@@ -72,9 +81,11 @@ class DeploymentConfig:
     """What the deployment study measures; dicts ``removals`` / ``strategies`` are frozen to sorted pairs.
 
     ``prune_ks``: the k's whose cuts ``with_best_cuts`` takes from the pruning stage (the stage refuses
-    to run while one is missing from ``removals``). ``healing``: the healing stage's config with exactly
-    one recipe; its ``variant_prefix`` names the healed variants ``<prefix>-k<k>-<recipe>`` (``None``:
-    no healed rows).
+    to run while one is missing from ``removals``). The healed rows, at most one source: ``recipe``,
+    notebook 05's config, whose FrankenLLaMA recipe at each k of ``removals`` is the healed model
+    (its own cut, often sub-blocks); or ``healing``, the healing stage's config with exactly one
+    recipe, which heals ``removals``' cuts (its ``variant_prefix`` names the variants
+    ``<prefix>-k<k>-<recipe>``). Neither: no healed rows.
     """
 
     model: str = DEFAULT_MODEL
@@ -84,6 +95,7 @@ class DeploymentConfig:
     prune_ks: tuple[int, ...] = ()
     qtypes: tuple[str, ...] = ("f16", "q8_0", "q4_0")
     healing: HealingStageConfig | None = None
+    recipe: RecipeStudyConfig | None = None
     data: DataConfig = field(default_factory=lambda: DataConfig(split="eval", block_len=128, n_blocks=8))
     ood_data: DataConfig | None = field(default_factory=lambda: DataConfig("olmo-passages", "eval", 128, 4))
     prompt_tokens: int = 128
@@ -113,6 +125,9 @@ class DeploymentConfig:
         if any(k < 1 for k in self.prune_ks):
             raise ValueError(f"prune_ks must be positive block counts, got {self.prune_ks}")
         h = self.healing
+        if h is not None and self.recipe is not None:
+            raise ValueError("the healed rows come from the recipe (notebook 05's models) or from the healing "
+                             "stage's recipe on these cuts, not both: set recipe or healing to None")
         if h is not None and (len(h.recipes) != 1 or h.variant_prefix is None or self.granularity != "layer"):
             raise ValueError("healing needs one recipe, a variant_prefix and whole-block removals "
                              f"(got recipes {h.recipes}, prefix {h.variant_prefix!r}, "
@@ -168,9 +183,17 @@ def _kv_shape(model: torch.nn.Module) -> dict[str, int]:
             "head_dim": head_dim, "n_blocks": len(decoder_layers(model))}
 
 
-def heal_cuts(config: DeploymentConfig) -> dict[int, Path]:
-    """Heal each k > 0's cut with ``config.healing``'s one recipe (the healing stage; a saved variant with
-    the same run fingerprint is read, not retrained); the healed variants' folders by k."""
+def heal_cuts(config: DeploymentConfig) -> dict[int, tuple[Path, str]]:
+    """The healed model of each k > 0 of ``removals``: its variant folder and the strategy that chose its cut.
+
+    ``config.recipe``: the FrankenLLaMA recipe at k blocks' worth (notebook 05's saved variant, or
+    computed as notebook 05 would). ``config.healing``: k's cut of ``removals`` healed with its one
+    recipe (the healing stage). Either way a saved variant with the same run fingerprint is read, not
+    retrained.
+    """
+    ks = tuple(k for k, _ in config.removals if k > 0)
+    if config.recipe is not None:
+        return {r["k"]: (variant_path(r["variant"]), r["strategy"]) for r in run_pipelines(config.recipe, ks, (OURS,))}
     if config.healing is None:
         return {}
     strategies = dict(config.strategies)
@@ -181,27 +204,27 @@ def heal_cuts(config: DeploymentConfig) -> dict[int, Path]:
         heal = dataclasses.replace(config.healing, model=config.model,
                                    variant_prefix=f"{config.healing.variant_prefix}-k{k}")
         healing_stage(heal, units, strategies.get(k, "given"))
-        folders[k] = variant_path(config.healed_variant(k))
+        folders[k] = (variant_path(config.healed_variant(k)), strategies.get(k, "given"))
     return folders
 
 
-def export_all(config: DeploymentConfig, folder: Path, healed: dict[int, Path]) -> list[dict[str, Any]]:
+def export_all(config: DeploymentConfig, folder: Path, healed: dict[int, tuple[Path, str]]) -> list[dict[str, Any]]:
     """Export every (removal, healed?, qtype) combination into ``folder``; one row per file, no measurements yet."""
     model, _ = load_model(config.model, dtype=torch.float32, device="cpu")
     removals, strategies = dict(config.removals), dict(config.strategies)
-    variants = [(f"k={k}", k, False, lambda k=k: pruned(model, removals.get(k, ()), config.granularity))
-                for k in config.ks]
-    variants += [(f"k={k} healed", k, True, lambda f=f: load_model(f, dtype=torch.float32, device="cpu")[0])
-                 for k, f in sorted(healed.items())]
+    variants = [(f"k={k}", k, False, strategies.get(k, "none" if k == 0 else "given"),
+                 lambda k=k: pruned(model, removals.get(k, ()), config.granularity)) for k in config.ks]
+    variants += [(f"k={k} healed", k, True, strategy, lambda f=f: load_model(f, dtype=torch.float32, device="cpu")[0])
+                 for k, (f, strategy) in sorted(healed.items())]
     n_blocks = len(decoder_layers(model))
     rows = []
-    for label, k, is_healed, make in variants:
+    for label, k, is_healed, strategy, make in variants:
         variant = make()
         for qtype in config.qtypes:
             path = folder / f"{label.replace('=', '').replace(' ', '-')}-{qtype}.gguf"
             summary = export_gguf(variant, path, qtype, folder=config.model, pre_tokenizer=config.pre_tokenizer)
             rows.append({"variant": label, "k": k, "removed_pct": round(100 * k / n_blocks, 1), "healed": is_healed,
-                         "strategy": strategies.get(k, "none" if k == 0 else "given"), "qtype": qtype,
+                         "strategy": strategy, "qtype": qtype,
                          "arch": summary["arch"], "removed_blocks": summary["removed_blocks"],
                          "removed_sublayers": summary["removed_sublayers"], "file_bytes": summary["bytes"],
                          "path": str(path), **_kv_shape(variant)})

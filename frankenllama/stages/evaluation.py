@@ -108,6 +108,10 @@ class EvaluationConfig:
             raise ValueError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
 
 
+# EvaluationConfig fields that choose the models or what is measured on all of them at once: not in a model's key
+SIDE_BY_SIDE = ("variant_prefix", "exclude_prefix", "max_variants", "variants", "speed", "prompts", "max_new_tokens")
+
+
 def _identity(info: VariantInfo | None, config: EvaluationConfig) -> dict[str, Any]:
     """What makes a model's results valid: its provenance record (variant) or weight file stamp."""
     if info is None:
@@ -183,9 +187,12 @@ def evaluation_stage(config: EvaluationConfig) -> dict[str, Any]:
     fid_ids = ppl_ids[: config.fidelity_blocks]  # (N_fid, T)
     infos = variants_to_compare(config)
     results, metas, loaded = {}, {BASELINE: {}}, {}
+    # a model's results depend on how it is measured, not on which models it is compared with, nor on the
+    # speed runs and generations done side by side (cached apart): notebook 05's three ratios share the original's
+    measured = {k: v for k, v in asdict(config).items() if k not in SIDE_BY_SIDE}
     for info in [None, *infos]:
         name = BASELINE if info is None else info.name
-        key = {"evaluation": config, "identity": _identity(info, config)}
+        key = {"evaluation": measured, "identity": _identity(info, config)}
 
         def compute(info=info, name=name):
             model = reference if info is None else load_model(info.path)[0]

@@ -109,11 +109,9 @@ _SETTINGS: dict[str, dict[str, Any]] = {
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
                     healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=32768, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=40, block_len=256, ppl_blocks=6)),
-        # 10 / 20 / 30 % of SmolLM2's 30 blocks; each cut healed with one recipe at 4k tokens (no healing curve:
-        # the notebook measures every model in llama.cpp); ~4 min of notebook 06 on an idle machine (both cores)
+        # 10 / 20 / 30 % of SmolLM2's 30 blocks: the best whole-block cut unhealed, and the recipe at the same size
+        # as notebook 05 made it (read back, nothing healed twice); ~2 min of notebook 06 on an idle machine
         deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(128, 8), ood=(128, 4),
-                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=4096, patch_tokens=4096, eval_every=0,
-                                     eval_blocks=2, variant_prefix="deploy"),
                         prompt_tokens=128, decode_tokens=32, repeats=2, threads=2, eval_threads=2),
     ),
     "smoke": dict(
@@ -131,8 +129,6 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                     healing=dict(tokens=128, block_len=64, batch_size=2, eval_blocks=1, patch_tokens=1024, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2)),
         deployment=dict(prune_ks=(2,), qtypes=("f16", "q4_0"), data=(32, 2), ood=(32, 1),
-                        healing=dict(recipes=("linear-patch+kd-lora",), tokens=128, patch_tokens=1024, eval_every=1,
-                                     eval_blocks=1, variant_prefix="deploy-smoke"),
                         prompt_tokens=16, decode_tokens=4, repeats=1, threads=1),
     ),
     "thesis": dict(
@@ -149,7 +145,6 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                     healing=dict(tokens=65536, block_len=512, batch_size=8, eval_blocks=8, patch_tokens=65536, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64)),
         deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(512, 64), ood=(512, 32),
-                        healing=dict(recipes=("linear-patch+kd-lora",), variant_prefix="deploy"),
                         prompt_tokens=512, decode_tokens=128, repeats=5, threads=4),
     ),
 }
@@ -205,7 +200,7 @@ def build(name: str = "default", model: str | None = None, corpus: str | None = 
     study_only = e.pop("study_variants_only", False)
     evaluation = _apply(EvaluationConfig(model=model, tasks=tasks, corpus=corpus, **e), "evaluation", overrides)
     recipe = _apply(_recipe_config(s["recipe"], model, corpus, pruning), "recipe", overrides)
-    deployment = _apply(_deployment(s["deployment"], healing, corpus), "deployment", overrides)
+    deployment = _apply(_deployment(s["deployment"], healing, recipe, corpus), "deployment", overrides)
     return Profile(name, similarity, pruning, study, heal_k, healing, evaluation, recipe, deployment, study_only)
 
 
@@ -221,9 +216,9 @@ def _recipe_config(settings: dict[str, Any], model: str, corpus: str, pruning: P
     return RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, **r)
 
 
-def _deployment(settings: dict[str, Any], healing: HealingStageConfig, corpus: str) -> DeploymentConfig:
-    """The deployment config: the healing stage's config with the deployment's one recipe and budget."""
+def _deployment(settings: dict[str, Any], healing: HealingStageConfig, recipe: RecipeStudyConfig,
+                corpus: str) -> DeploymentConfig:
+    """The deployment config; its healed rows are the recipe's models of notebook 05 at the same ks."""
     d = dict(settings)
-    heal = dataclasses.replace(healing, **d.pop("healing"))
-    return DeploymentConfig(model=healing.model, healing=heal, data=DataConfig(corpus, "eval", *d.pop("data")),
+    return DeploymentConfig(model=healing.model, recipe=recipe, data=DataConfig(corpus, "eval", *d.pop("data")),
                             ood_data=DataConfig("olmo-passages", "eval", *d.pop("ood")), **d)

@@ -250,9 +250,15 @@ class RecipeStudy:
     evaluations: dict[int, dict[str, Any]] = field(default_factory=dict)  # k -> evaluation_stage result
 
 
-def recipe_stage(config: RecipeStudyConfig) -> RecipeStudy:
-    """Run every pipeline at every k (cached variants), then measure perplexity and zero-shot items."""
-    missing = [k for k in config.ks if k not in config.pruning.ks]
+def run_pipelines(config: RecipeStudyConfig, ks: tuple[int, ...] | None = None,
+                  pipelines: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Run (or read back: healed runs are cached by fingerprint) each pipeline at each k; ``run_pipeline``'s rows.
+
+    ``ks`` / ``pipelines`` default to the config's. Notebook 06 asks for the recipe alone at its ks
+    and gets the very models notebook 05 saved.
+    """
+    ks, pipelines = tuple(ks or config.ks), tuple(pipelines or config.pipelines)
+    missing = [k for k in ks if k not in config.pruning.ks]
     if missing:  # checked here, not in the config: a profile whose pruning ks were overridden still builds
         raise ValueError(f"ks {missing} are not points of the pruning curves (pruning.ks = {config.pruning.ks}); "
                          "add them to the pruning config (and to its sublayer_ks / search_ks)")
@@ -262,8 +268,13 @@ def recipe_stage(config: RecipeStudyConfig) -> RecipeStudy:
     h = config.healing
     data = {"train": h.data("train").blocks(tokenizer, teacher), "calib": h.data("calib").blocks(tokenizer, teacher),
             "heal_eval": h.data("eval").blocks(tokenizer, teacher)}
-    rows = [run_pipeline(config, name, k, curves, data) for k in config.ks for name in config.pipelines]
-    runs = pd.DataFrame(rows)
+    return [run_pipeline(config, name, k, curves, data) for k in ks for name in pipelines]
+
+
+def recipe_stage(config: RecipeStudyConfig) -> RecipeStudy:
+    """Run every pipeline at every k (cached variants), then measure perplexity and zero-shot items."""
+    runs = pd.DataFrame(run_pipelines(config))
+    teacher, _ = shared_model(config.healing.model)
     runs["wall_s"] = runs.select_s + runs.heal_s
     # one call per ratio: its models only in memory at once (the stage times them side by side)
     evaluations = {k: evaluation_stage(config.evaluation_at(k, tuple(runs[runs.k == k].variant))) for k in config.ks}

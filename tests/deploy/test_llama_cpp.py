@@ -10,6 +10,8 @@ must be within 1 % of f16; q4_0 perplexity is reported (printed; run with ``-s``
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -49,7 +51,8 @@ def exported(request, smollm2, eval_blocks, tmp_path_factory):
         paths[qtype] = folder / f"{qtype}.gguf"
         summary = export_gguf(variant, paths[qtype], qtype, folder="smollm2-135m")
     assert summary["arch"] == ("deci" if request.param == "part-swap" else "llama")
-    return request.param, variant, paths, llamacpp.reference_logits(variant, eval_blocks)
+    yield request.param, variant, paths, llamacpp.reference_logits(variant, eval_blocks)
+    shutil.rmtree(folder, ignore_errors=True)  # about 1 GB of GGUF per variant
 
 
 def test_f32_logits_match_transformers(exported, eval_blocks):
