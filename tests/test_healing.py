@@ -350,6 +350,19 @@ def test_patching_two_runs_never_fits_worse_than_plain_removal():
     assert all(f.rel_error <= f.rel_error_identity + 1e-9 for f in fits)
 
 
+def test_one_teacher_pass_for_every_run_gives_the_same_patch(monkeypatch):
+    from frankenllama.healing import patch
+
+    teacher = tiny_llama(num_layers=8, seed=3)
+    blocks = torch.randint(3, VOCAB, (12, 32), generator=torch.Generator().manual_seed(0))
+    shared, per_run = drop_layers(teacher, [2, 3, 5, 6]), drop_layers(teacher, [2, 3, 5, 6])
+    fits = linear_patch(shared, teacher, blocks, batch_size=4)  # two runs: the teacher's targets of both in one pass
+    monkeypatch.setattr(patch, "TARGETS_IN_MEMORY", 0)  # no room: one teacher pass per run
+    assert linear_patch(per_run, teacher, blocks, batch_size=4) == fits and len(fits) == 2
+    for (name, a), (_, b) in zip(shared.named_parameters(), per_run.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_patch_then_heal_composes(setup):
     teacher, student, tok, train, evals = setup
     config = HealConfig(recipe="linear-patch+lora", tokens=2 * 16 * 2, batch_size=2, patch_tokens=64)

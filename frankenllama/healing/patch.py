@@ -31,7 +31,9 @@ paper's ablations use the same MLP-output formulation.
 
 Several runs are patched in order; each later run is fitted on the student as already patched
 (its inputs ``Y, M``) against the teacher's residual (``L``), so upstream approximation error is
-corrected rather than compounded. A cut that starts at block 0 has no MLP before it and is refused.
+corrected rather than compounded; the teacher's targets of every run come from one teacher pass over
+the calibration blocks (``_all_targets``). A cut that starts at block 0 has nothing before it to fold
+a patch into and is refused.
 
 The least-squares problem is accumulated as normal equations in float64 batch by batch (memory is
 ``O(d²)`` whatever the number of tokens) and solved with a pseudo-inverse, which returns the
@@ -185,6 +187,30 @@ def _same_prefix(student: PreTrainedModel, teacher: PreTrainedModel, p: int) -> 
     return True
 
 
+TARGETS_IN_MEMORY = 2**30  # bytes of teacher targets kept for several runs; beyond it, one teacher pass per run
+
+
+@torch.no_grad()
+def _all_targets(teacher: PreTrainedModel, batches: list[torch.Tensor], runs: list[tuple[int, ...]],
+                 device: torch.device) -> list[list[torch.Tensor]] | None:
+    """The teacher's residual after each run's last block (``L``), per run and batch, from one teacher pass
+    per batch instead of one per run (the teacher does not change while the student is patched).
+
+    ``None`` when they would take more than ``TARGETS_IN_MEMORY`` bytes: the caller then runs the
+    teacher once per run, as it would for a single run.
+    """
+    tokens = sum(ids.numel() for ids in batches)
+    if tokens * teacher.config.hidden_size * 4 * len(runs) > TARGETS_IN_MEMORY:
+        return None
+    t_layers = decoder_layers(teacher)
+    per_run: list[list[torch.Tensor]] = [[] for _ in runs]
+    for ids in batches:
+        got = _capture(teacher, ids.to(device), {str(i): (t_layers[run[-1]], "out") for i, run in enumerate(runs)})
+        for i in range(len(runs)):
+            per_run[i].append(got[str(i)])
+    return per_run
+
+
 @torch.no_grad()
 def fold_into_projection(down: nn.Linear, transform: torch.Tensor) -> None:
     """Make the output ``M`` of ``down`` (a projection into the residual stream: an MLP's ``down_proj``
@@ -219,8 +245,10 @@ def linear_patch(
     kept = lineage(student)["kept_layers"]
     s_layers, t_layers = decoder_layers(student), decoder_layers(teacher)
     s_dev, t_dev = model_device(student), model_device(teacher)
+    batches = [calib_blocks[start : start + batch_size] for start in range(0, len(calib_blocks), batch_size)]
+    targets = _all_targets(teacher, batches, runs, t_dev) if len(runs) > 1 else None
     fits = []
-    for run in runs:
+    for r, run in enumerate(runs):
         if run[0] == 0:
             raise PatchError(
                 f"the removed run {list(run)} starts at block 0: there is no MLP before the cut to fold a patch into"
@@ -245,15 +273,15 @@ def linear_patch(
         cross = torch.zeros(d, d, dtype=torch.float64)  # Mᵀ(L − Y)
         err_id = target_sq = 0.0
         tokens = 0
-        for start in range(0, len(calib_blocks), batch_size):
-            ids = calib_blocks[start : start + batch_size]
+        for b, ids in enumerate(batches):
             if shared:
                 got = _capture(teacher, ids.to(t_dev), {
                     "Y": (t_block.post_attention_layernorm, "in"), "M": (t_block.mlp, "out"), "L": (t_layers[run[-1]], "out")
                 })  # fmt: skip
                 target = got["L"]
             else:
-                target = _capture(teacher, ids.to(t_dev), {"L": (t_layers[run[-1]], "out")})["L"]
+                target = targets[r][b] if targets is not None else _capture(
+                    teacher, ids.to(t_dev), {"L": (t_layers[run[-1]], "out")})["L"]  # fmt: skip
                 got = _capture(student, ids.to(s_dev), {"Y": before, "M": (source, "out")})
             m = got["M"].reshape(-1, d).double().cpu()  # (n, d)
             delta = (target.to(s_dev) - got["Y"]).reshape(-1, d).double().cpu()  # (n, d)
