@@ -11,7 +11,7 @@
 # ---
 
 # %% tags=["parameters"]
-profile = "default"  # "default" (2 CPU cores, ~5 min), "smoke" (tests) or "thesis" (512-token blocks, more of them)
+profile = "default"  # "default" (2 CPU cores, ~2 min after notebook 05), "smoke" (tests) or "thesis" (512-token blocks, more of them)
 model = ""  # registry name or local transformers folder; empty: the profile's (smollm2-135m)
 corpus = ""  # in-domain corpus (its eval split); empty: wiki-leads. Out of domain: olmo-passages
 context = 2048  # context length whose KV cache the memory budgets below must hold

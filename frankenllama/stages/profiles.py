@@ -100,7 +100,7 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 2, warmup=1, threads=1),
                         max_new_tokens=32, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
-        # notebook 05 (~12 min, 735 s measured alone): 4k training tokens per trained pipeline (8 steps of 4 x 128),
+        # notebook 05 (~12 min, 747 s in the measured chain): 4k training tokens per trained pipeline (8 steps of 4 x 128),
         # LoRA of the recipe's rank for every LoRA pipeline (the peers get the same adapter size), 32k calibration
         # tokens for every linear patch (compress's; forward passes only, ~20 s a fit; with 4k the 576 x 576
         # least-squares map overfits wiki-leads: the recipe's out-of-domain perplexity at 20 % was 1.90x the

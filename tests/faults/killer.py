@@ -12,7 +12,8 @@ reproducible point anywhere in the cache, the integrity checks, the computation,
 numpy / zipfile / json / safetensors / transformers code that writes the files); ``"time"`` SIGKILLs
 it ``delay`` seconds after the fork (a point that may fall inside C code, e.g. mid-``write``).
 ``copies`` > 1 forks that many children at once (two runs of one key). The child writes
-``{"result", "lines", "elapsed"}`` to ``out`` (plain write: the harness's file, not under test).
+``{"result", "lines", "elapsed"}`` to ``out`` (the harness's file, not under test; written then
+renamed, so a kill never leaves half of it).
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ def _child(req: dict) -> None:
         elapsed = time.perf_counter() - start
         sys.settrace(None)
         out = req["out"] if req.get("copies", 1) == 1 else f"{req['out']}.{os.getpid()}"
-        Path(out).write_text(json.dumps({"result": result, "lines": counter[0], "write_start": counter[1],
-                                          "elapsed": elapsed}))
+        # Written then renamed: a time kill landing during this write must not leave a half report.
+        partial = Path(f"{out}.partial")
+        partial.write_text(json.dumps({"result": result, "lines": counter[0], "write_start": counter[1],
+                                       "elapsed": elapsed}))
+        os.replace(partial, out)
         code = 0
     except BaseException:
         sys.settrace(None)
