@@ -363,6 +363,26 @@ def test_one_teacher_pass_for_every_run_gives_the_same_patch(monkeypatch):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.parametrize("attention", [False, True])
+def test_reading_the_first_fit_from_the_teacher_gives_the_same_patch(monkeypatch, attention):
+    """While the student's prefix is the teacher's (and, for an attention fold, block p's attention half),
+    Y and M come from the teacher's pass: the same patch as reading them from the student's own pass."""
+    from frankenllama.healing import patch
+
+    teacher = tiny_llama(num_layers=8, seed=4)
+    blocks = torch.randint(3, VOCAB, (12, 32), generator=torch.Generator().manual_seed(1))
+    units = [*([sublayer_id(2, "mlp")] if attention else []), *layer_units([3, 4, 6])]
+    fast, slow = prune_sublayers(teacher, units), prune_sublayers(teacher, units)
+    assert patch._same_prefix(fast, teacher, 2, via_attention=attention)
+    assert attention != patch._same_prefix(fast, teacher, 2)  # a whole block 2 is the teacher's only without the cut MLP
+    fits = linear_patch(fast, teacher, blocks, batch_size=4)
+    assert not patch._same_prefix(fast, teacher, 2, via_attention=attention)  # the fold made block 2 the student's own
+    monkeypatch.setattr(patch, "_same_prefix", lambda *args, **kw: False)  # every fit reads the student
+    assert linear_patch(slow, teacher, blocks, batch_size=4) == fits and len(fits) == 2
+    for (name, a), (_, b) in zip(fast.named_parameters(), slow.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_patch_then_heal_composes(setup):
     teacher, student, tok, train, evals = setup
     config = HealConfig(recipe="linear-patch+lora", tokens=2 * 16 * 2, batch_size=2, patch_tokens=64)

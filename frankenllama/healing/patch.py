@@ -31,9 +31,10 @@ paper's ablations use the same MLP-output formulation.
 
 Several runs are patched in order; each later run is fitted on the student as already patched
 (its inputs ``Y, M``) against the teacher's residual (``L``), so upstream approximation error is
-corrected rather than compounded; the teacher's targets of every run come from one teacher pass over
-the calibration blocks (``_all_targets``). A cut that starts at block 0 has nothing before it to fold
-a patch into and is refused.
+corrected rather than compounded. The teacher's targets of every run come from one teacher pass over
+the calibration blocks, and while the student's prefix is still the teacher's own (the first run)
+its ``Y`` and ``M`` come from that same pass. A cut that starts at block 0 has nothing before it to
+fold a patch into and is refused.
 
 The least-squares problem is accumulated as normal equations in float64 batch by batch (memory is
 ``O(d²)`` whatever the number of tokens) and solved with a pseudo-inverse, which returns the
@@ -171,12 +172,16 @@ def _capture(model: nn.Module, ids: torch.Tensor, wants: dict[str, tuple[nn.Modu
 
 
 @torch.no_grad()
-def _same_prefix(student: PreTrainedModel, teacher: PreTrainedModel, p: int) -> bool:
-    """Whether the student's embeddings and blocks 0 … p are exactly the teacher's blocks 0 … p."""
+def _same_prefix(student: PreTrainedModel, teacher: PreTrainedModel, p: int, via_attention: bool = False) -> bool:
+    """Whether the student's embeddings and blocks 0 … p are exactly the teacher's blocks 0 … p (with
+    ``via_attention``: block p's attention half only, its MLP being the part removed)."""
     if lineage(student)["kept_layers"][: p + 1] != list(range(p + 1)):
         return False
+    s_layers, t_layers = decoder_layers(student), decoder_layers(teacher)
     pairs = [(student.get_input_embeddings(), teacher.get_input_embeddings())]
-    pairs += [(decoder_layers(student)[k], decoder_layers(teacher)[k]) for k in range(p + 1)]
+    pairs += [(s_layers[k], t_layers[k]) for k in range(p if via_attention else p + 1)]
+    if via_attention:
+        pairs += [(s_layers[p].input_layernorm, t_layers[p].input_layernorm), (s_layers[p].self_attn, t_layers[p].self_attn)]
     for a, b in pairs:
         sa, sb = a.state_dict(), b.state_dict()
         if list(sa) != list(sb):  # a sub-block removed from the student
@@ -187,28 +192,15 @@ def _same_prefix(student: PreTrainedModel, teacher: PreTrainedModel, p: int) -> 
     return True
 
 
-TARGETS_IN_MEMORY = 2**30  # bytes of teacher targets kept for several runs; beyond it, one teacher pass per run
+TARGETS_IN_MEMORY = 2**30  # bytes of teacher targets kept for later runs; beyond it, one teacher pass per run
 
 
-@torch.no_grad()
-def _all_targets(teacher: PreTrainedModel, batches: list[torch.Tensor], runs: list[tuple[int, ...]],
-                 device: torch.device) -> list[list[torch.Tensor]] | None:
-    """The teacher's residual after each run's last block (``L``), per run and batch, from one teacher pass
-    per batch instead of one per run (the teacher does not change while the student is patched).
-
-    ``None`` when they would take more than ``TARGETS_IN_MEMORY`` bytes: the caller then runs the
-    teacher once per run, as it would for a single run.
-    """
-    tokens = sum(ids.numel() for ids in batches)
-    if tokens * teacher.config.hidden_size * 4 * len(runs) > TARGETS_IN_MEMORY:
-        return None
-    t_layers = decoder_layers(teacher)
-    per_run: list[list[torch.Tensor]] = [[] for _ in runs]
-    for ids in batches:
-        got = _capture(teacher, ids.to(device), {str(i): (t_layers[run[-1]], "out") for i, run in enumerate(runs)})
-        for i in range(len(runs)):
-            per_run[i].append(got[str(i)])
-    return per_run
+def _fit_points(block: nn.Module, via_attention: bool) -> dict[str, tuple[nn.Module, str]]:
+    """Where a fit reads ``Y`` (the stream before the patched projection's output is added) and ``M``
+    (that projection's output) in ``block``: the MLP's, or the attention's where the MLP was removed."""
+    if via_attention:
+        return {"Y": (block, "in"), "M": (block.self_attn, "out")}
+    return {"Y": (block.post_attention_layernorm, "in"), "M": (block.mlp, "out")}
 
 
 @torch.no_grad()
@@ -245,46 +237,51 @@ def linear_patch(
     kept = lineage(student)["kept_layers"]
     s_layers, t_layers = decoder_layers(student), decoder_layers(teacher)
     s_dev, t_dev = model_device(student), model_device(teacher)
+    d = student.config.hidden_size
     batches = [calib_blocks[start : start + batch_size] for start in range(0, len(calib_blocks), batch_size)]
-    targets = _all_targets(teacher, batches, runs, t_dev) if len(runs) > 1 else None
+    if ridge == 0 and len(calib_blocks) * calib_blocks.shape[1] < d:
+        raise PatchError(
+            f"{calib_blocks.numel()} calibration tokens are fewer than the hidden size {d}: the least-squares "
+            "fit is underdetermined and would overfit; give more calibration tokens or a ridge > 0"
+        )
+    starts = [run for run in runs if run[0] == 0]
+    if starts:
+        raise PatchError(
+            f"the removed run {list(starts[0])} starts at block 0: there is no MLP before the cut to fold a patch into"
+        )
+    # The teacher does not change while the student is patched: the first run's teacher pass also keeps the
+    # targets L of the later runs (one teacher pass per batch in all), when they fit in TARGETS_IN_MEMORY.
+    keep = calib_blocks.numel() * d * 4 * (len(runs) - 1) <= TARGETS_IN_MEMORY
+    later: list[dict[str, torch.Tensor]] = []
     fits = []
     for r, run in enumerate(runs):
-        if run[0] == 0:
-            raise PatchError(
-                f"the removed run {list(run)} starts at block 0: there is no MLP before the cut to fold a patch into"
-            )
         p = kept.index(run[0] - 1)
         block = s_layers[p]
-        d = student.config.hidden_size
         # the last projection into the stream before the cut: the MLP's, or the attention's where the MLP was removed
         via_attention = p in removed_sublayers(student)["mlp"]
-        source, projection = (block.self_attn, block.self_attn.o_proj) if via_attention else (block.mlp, block.mlp.down_proj)
-        before = (block, "in") if via_attention else (block.post_attention_layernorm, "in")
-        if ridge == 0 and len(calib_blocks) * calib_blocks.shape[1] < d:
-            raise PatchError(
-                f"{calib_blocks.numel()} calibration tokens are fewer than the hidden size {d}: the least-squares "
-                "fit is underdetermined and would overfit; give more calibration tokens or a ridge > 0"
-            )
-        # Before any patch is folded the student's prefix is the teacher's own: read Y and M from the
-        # teacher's pass too and skip the student's.
-        shared = not via_attention and _same_prefix(student, teacher, p)  # the teacher's pass reads the MLP's hook points
-        t_block = t_layers[run[0] - 1]
+        projection = block.self_attn.o_proj if via_attention else block.mlp.down_proj
+        # Before any patch is folded the student's prefix (and block p's half that writes M) can be the
+        # teacher's own: then Y and M are read from the teacher's pass too and the student's pass is skipped.
+        shared = r == 0 and _same_prefix(student, teacher, p, via_attention)
+        t_wants = {f"L{q}": (t_layers[runs[q][-1]], "out") for q in (range(len(runs)) if r == 0 and keep else (r,))}
+        if shared:
+            t_wants |= _fit_points(t_layers[run[0] - 1], via_attention)
         gram = torch.zeros(d, d, dtype=torch.float64)  # MᵀM
         cross = torch.zeros(d, d, dtype=torch.float64)  # Mᵀ(L − Y)
         err_id = target_sq = 0.0
         tokens = 0
         for b, ids in enumerate(batches):
-            if shared:
-                got = _capture(teacher, ids.to(t_dev), {
-                    "Y": (t_block.post_attention_layernorm, "in"), "M": (t_block.mlp, "out"), "L": (t_layers[run[-1]], "out")
-                })  # fmt: skip
-                target = got["L"]
+            if r > 0 and keep:
+                got = {"L": later[b][f"L{r}"]}
             else:
-                target = targets[r][b] if targets is not None else _capture(
-                    teacher, ids.to(t_dev), {"L": (t_layers[run[-1]], "out")})["L"]  # fmt: skip
-                got = _capture(student, ids.to(s_dev), {"Y": before, "M": (source, "out")})
+                t_got = _capture(teacher, ids.to(t_dev), t_wants)
+                if r == 0 and keep:
+                    later.append({k: v for k, v in t_got.items() if k.startswith("L") and k != "L0"})
+                got = {"L": t_got[f"L{r}"], **({"Y": t_got["Y"], "M": t_got["M"]} if shared else {})}
+            if not shared:
+                got |= _capture(student, ids.to(s_dev), _fit_points(block, via_attention))
             m = got["M"].reshape(-1, d).double().cpu()  # (n, d)
-            delta = (target.to(s_dev) - got["Y"]).reshape(-1, d).double().cpu()  # (n, d)
+            delta = (got["L"].to(s_dev) - got["Y"].to(s_dev)).reshape(-1, d).double().cpu()  # (n, d)
             gram += m.T @ m
             cross += m.T @ delta
             target_sq += float((delta**2).sum())
