@@ -9,6 +9,7 @@ is written.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import pickle
 import random
@@ -33,12 +34,14 @@ from frankenllama.healing import (
     TeacherMismatchError,
     UnknownRecipeError,
     batch_indices,
+    compare_recipes,
     gap_recovered,
     heal,
     linear_patch,
     recovery_table,
 )
 from frankenllama.healing.checkpoint import INDEX_FILE, LEGACY_FILE, decode, encode, rng_state, set_rng_state
+from frankenllama.healing.loop import HeldOut
 from frankenllama.healing.teacher import cached_teacher_targets, full_kl, sparse_kl
 from frankenllama.healing.patch import patchable_layers
 from frankenllama.models import decoder_layers
@@ -403,6 +406,23 @@ def test_every_recipe_reports_its_cost(setup, tmp_path, recipe):
     assert {"config.json", "frankenllama.json", "losses.csv", "eval.csv", "tokenizer.json"} <= {p.name for p in (tmp_path / "m").iterdir()}
     table = recovery_table([result], reference_ppl=result.ppl_after * 0.5)
     assert list(table["recipe"]) == [recipe]
+
+
+def test_recipes_compared_share_one_measurement_of_the_student_and_match_separate_runs(setup, monkeypatch):
+    teacher, student, tok, train, evals = setup
+    base = HealConfig(recipe="lora", tokens=2 * 16 * 2, batch_size=2, patch_tokens=64)
+    recipes = ("lora", "linear-patch")
+    alone = [heal(student, tok, dataclasses.replace(base, recipe=r), train_blocks=train, teacher=teacher,
+                  eval_blocks=evals, ood_blocks=evals.flip(1), progress=False) for r in recipes]  # fmt: skip
+    measured = []
+    nll = HeldOut.nll
+    monkeypatch.setattr(HeldOut, "nll", lambda self, model: measured.append(model) or nll(self, model))
+    shared = compare_recipes(student, tok, recipes, base, teacher=teacher, train_blocks=train, eval_blocks=evals,
+                             ood_blocks=evals.flip(1), variant_prefix=None, progress=False)  # fmt: skip
+    assert sum(m is student for m in measured) == 1  # the unhealed student once, not once per recipe
+    for a, b in zip(alone, shared):
+        assert (a.ppl_before, a.ppl_before_ood, a.ppl_after, a.ppl_after_ood) == (b.ppl_before, b.ppl_before_ood, b.ppl_after, b.ppl_after_ood)
+        assert a.block_nll == b.block_nll and a.curve == b.curve
 
 
 def test_partial_trains_only_the_blocks_next_to_the_cut(setup):

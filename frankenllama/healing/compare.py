@@ -8,6 +8,8 @@ blocks to remove is the pruning stage's choice (``frankenllama.stages.healing`` 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from frankenllama.healing.loop import HeldOut
 from frankenllama.healing.pipeline import heal
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.healing.result import HealResult
@@ -48,7 +51,17 @@ def compare_recipes(
         variant_prefix: each result is saved as variant ``<prefix>-<recipe>`` (``None`` → not saved);
             a variant whose fingerprint matches is reused instead of retrained.
         keep_models: keep every healed model in memory (otherwise ``result.model`` is released).
+
+    The student's held-out perplexity before healing is measured once, by the first run that is not
+    a cache hit, and shared by the others (each run's wall time still counts it).
     """
+
+    @functools.cache
+    def student_nll() -> tuple[dict[str, list[float] | None], float]:
+        t = time.perf_counter()
+        nll = HeldOut(eval_blocks, ood_blocks if eval_blocks is not None else None).nll(student)  # as heal measures it
+        return nll, time.perf_counter() - t
+
     results = []
     for recipe in recipes:
         config = dataclasses.replace(base, recipe=recipe, lr=(lrs or {}).get(recipe, base.lr))
@@ -56,6 +69,7 @@ def compare_recipes(
         result = heal(
             student, tokenizer, config, train_blocks=train_blocks, teacher=teacher, calib_blocks=calib_blocks,
             eval_blocks=eval_blocks, ood_blocks=ood_blocks, out_dir=out_dir, meta=meta, progress=progress,
+            student_nll=student_nll,
         )  # fmt: skip
         if not keep_models:
             result.model = None

@@ -72,6 +72,7 @@ def heal(
     on_step: Callable[[int, RecipeTrainer], None] | None = None,
     accelerator: Any | None = None,
     copy_student: bool = True,
+    student_nll: Callable[[], tuple[dict[str, list[float] | None], float]] | None = None,
 ) -> HealResult:
     """Heal ``student`` with ``config.recipe`` and return the healed model with its costs and curves.
 
@@ -97,6 +98,10 @@ def heal(
             process writes checkpoints and ``out_dir``. ``frankenllama.healing.launch`` is the script.
         copy_student: ``False`` trains ``student`` itself (modified in place: no second copy of the
             weights in memory, for a model loaded just for this run, as the launch script does).
+        student_nll: returns the student's per-block NLLs on ``eval_blocks``/``ood_blocks`` (as
+            ``HeldOut.nll``) and the seconds that measurement took, when several runs share one
+            measurement (``compare_recipes``); called only when the run is not a cache hit. Its seconds
+            count in ``wall_time_s`` as if this run had measured them itself.
     """
     t_call = time.perf_counter()
     plan = validate_run(student, tokenizer, config, train_blocks, teacher, teacher_tokenizer, calib_blocks)
@@ -122,7 +127,13 @@ def heal(
     seed_everything(config.seed)
     work = copy.deepcopy(student) if copy_student else student
     held_out = HeldOut(eval_blocks, ood_blocks if eval_blocks is not None else None, eval_batch_size)
-    nll_before = held_out.nll(work)  # deterministic: measured again on a resume
+    credit = 0.0  # seconds a shared measurement of the student took minus the seconds spent fetching it here
+    if student_nll is None:
+        nll_before = held_out.nll(work)  # deterministic: measured again on a resume
+    else:
+        t_fetch = time.perf_counter()
+        nll_before, measured_s = student_nll()
+        credit = measured_s - (time.perf_counter() - t_fetch)
     t_patch = time.perf_counter()  # the patch is deterministic: redone on resume, before the trained state is loaded
     fits = linear_patch(work, teacher, plan.calib_blocks, config.patch_layers, config.patch_ridge) if config.patches else []
     patch_time = time.perf_counter() - t_patch
@@ -141,7 +152,7 @@ def heal(
     result = HealResult(
         model=model, config=config, out_dir=out_dir, tokens_seen=tokens_seen, calib_tokens=sum(f.tokens for f in fits),
         steps=plan.n_steps, train_time_s=log.train_time_s + patch_time,
-        wall_time_s=prior_wall + time.perf_counter() - t_call,
+        wall_time_s=prior_wall + time.perf_counter() - t_call + credit,
         tokens_per_s=tokens_seen / log.train_time_s if tokens_seen else 0.0, ppl_before=nll_ppl(nll_before["in"]),
         ppl_after=nll_ppl(nll_after["in"]), ppl_before_ood=nll_ppl(nll_before["out"]),
         ppl_after_ood=nll_ppl(nll_after["out"]), block_nll=_block_nll(nll_before, nll_after), curve=log.curve, losses=log.losses, patch_fits=[to_jsonable(f) for f in fits],
