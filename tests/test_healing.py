@@ -32,6 +32,7 @@ from frankenllama.healing import (
     LoraTargetError,
     PatchError,
     TeacherMismatchError,
+    TeacherStreams,
     UnknownRecipeError,
     batch_indices,
     compare_recipes,
@@ -384,6 +385,39 @@ def test_reading_the_first_fit_from_the_teacher_gives_the_same_patch(monkeypatch
     assert linear_patch(slow, teacher, blocks, batch_size=4) == fits and len(fits) == 2
     for (name, a), (_, b) in zip(fast.named_parameters(), slow.named_parameters(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_fits_sharing_the_teachers_streams_give_the_same_patches_from_one_teacher_pass(attention):
+    """Several cuts fitted with one ``TeacherStreams``: bit-identical to fitting each alone, and the teacher
+    runs over the calibration blocks once in all (block p alone on the stored stream gives Y and M)."""
+    teacher = tiny_llama(num_layers=8, seed=5)
+    blocks = torch.randint(3, VOCAB, (12, 32), generator=torch.Generator().manual_seed(2))
+    cuts = [[*([sublayer_id(2, "mlp")] if attention else []), *layer_units([3, 4, 6])], layer_units([5]), layer_units([1, 2])]
+    passes = []
+    handle = teacher.model.register_forward_pre_hook(
+        lambda module, args, kwargs: passes.append(module is teacher.model and kwargs.get("input_ids") is not None),
+        with_kwargs=True)  # the pruned copies carry the hook too: count the teacher's own passes
+    streams, full = TeacherStreams(), 0
+    try:
+        for units in cuts:
+            alone, shared = prune_sublayers(teacher, units), prune_sublayers(teacher, units)
+            fits = linear_patch(alone, teacher, blocks, batch_size=4)
+            before = len(passes)
+            assert linear_patch(shared, teacher, blocks, batch_size=4, streams=streams) == fits
+            full += sum(passes[before:])
+            for (name, a), (_, b) in zip(alone.named_parameters(), shared.named_parameters(), strict=True):
+                assert torch.equal(a, b), name
+        assert full == 3 and streams.reused_s > 0  # one pass over the 3 calibration batches, for every fit
+        other = blocks.flip(0)  # other calibration blocks: new streams, still the same patch
+        alone, shared = drop_layers(teacher, [4]), drop_layers(teacher, [4])
+        assert linear_patch(shared, teacher, other, batch_size=4, streams=streams) == linear_patch(alone, teacher, other, batch_size=4)
+        tight = drop_layers(teacher, [4])  # streams over the limit: the fit runs the teacher itself
+        assert TeacherStreams(limit=0).get(teacher, blocks, 4) is None
+        assert linear_patch(tight, teacher, blocks, batch_size=4, streams=TeacherStreams(limit=0)) == linear_patch(
+            drop_layers(teacher, [4]), teacher, blocks, batch_size=4)
+    finally:
+        handle.remove()
 
 
 def test_patch_then_heal_composes(setup):

@@ -20,7 +20,7 @@ from frankenllama.healing.checkpoint import CheckpointFormatError, CheckpointMis
 from frankenllama.healing.compare import compare_recipes
 from frankenllama.healing.fingerprint import model_digest, tensor_digest
 from frankenllama.healing.loop import batch_indices
-from frankenllama.healing.patch import PatchError, PatchFit, linear_patch
+from frankenllama.healing.patch import PatchError, PatchFit, TeacherStreams, linear_patch
 from frankenllama.healing.pipeline import heal
 from frankenllama.healing.recipes import RECIPES, HealConfig, Recipe, UnknownRecipeError, parse_recipe
 from frankenllama.healing.report import gap_recovered, recovery_table
@@ -40,6 +40,7 @@ __all__ = [
     "Recipe",
     "RecipeTrainer",
     "TeacherMismatchError",
+    "TeacherStreams",
     "UnknownRecipeError",
     "batch_indices",
     "compare_recipes",

@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from frankenllama.healing.loop import HeldOut
+from frankenllama.healing.patch import TeacherStreams
 from frankenllama.healing.pipeline import heal
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.healing.result import HealResult
@@ -53,7 +54,8 @@ def compare_recipes(
         keep_models: keep every healed model in memory (otherwise ``result.model`` is released).
 
     The student's held-out perplexity before healing is measured once, by the first run that is not
-    a cache hit, and shared by the others (each run's wall time still counts it).
+    a cache hit, and shared by the others (each run's wall time still counts it); so is the teacher's
+    pass over the calibration blocks that the linear patches fit on (``TeacherStreams``).
     """
 
     @functools.cache
@@ -62,6 +64,7 @@ def compare_recipes(
         nll = HeldOut(eval_blocks, ood_blocks if eval_blocks is not None else None).nll(student)  # as heal measures it
         return nll, time.perf_counter() - t
 
+    streams = TeacherStreams()  # the recipes' linear patches share one teacher pass over the calibration blocks
     results = []
     for recipe in recipes:
         config = dataclasses.replace(base, recipe=recipe, lr=(lrs or {}).get(recipe, base.lr))
@@ -69,7 +72,7 @@ def compare_recipes(
         result = heal(
             student, tokenizer, config, train_blocks=train_blocks, teacher=teacher, calib_blocks=calib_blocks,
             eval_blocks=eval_blocks, ood_blocks=ood_blocks, out_dir=out_dir, meta=meta, progress=progress,
-            student_nll=student_nll,
+            student_nll=student_nll, teacher_streams=streams,
         )  # fmt: skip
         if not keep_models:
             result.model = None

@@ -33,8 +33,11 @@ Several runs are patched in order; each later run is fitted on the student as al
 (its inputs ``Y, M``) against the teacher's residual (``L``), so upstream approximation error is
 corrected rather than compounded. The teacher's targets of every run come from one teacher pass over
 the calibration blocks, and while the student's prefix is still the teacher's own (the first run)
-its ``Y`` and ``M`` come from that same pass. A cut that starts at block 0 has nothing before it to
-fold a patch into and is refused.
+its ``Y`` and ``M`` come from that same pass. Several fits on the same teacher and calibration blocks
+(notebook 05 fits one per pipeline and ratio) can share one teacher pass through ``TeacherStreams``,
+the teacher's residual stream entering every block: each fit then reads its targets there, and its
+``Y`` and ``M`` from block ``p`` alone run on the stream entering it (bit-identical to a full pass).
+A cut that starts at block 0 has nothing before it to fold a patch into and is refused.
 
 The least-squares problem is accumulated as normal equations in float64 batch by batch (memory is
 ``O(d²)`` whatever the number of tokens) and solved with a pseudo-inverse, which returns the
@@ -43,6 +46,7 @@ minimum-norm solution when ``MᵀM`` is singular.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -131,11 +135,16 @@ def check_teacher_lineage(student: PreTrainedModel, teacher: PreTrainedModel) ->
         raise PatchError("teacher and student differ in hidden size: the teacher is not the student's origin")
 
 
-def _capture(model: nn.Module, ids: torch.Tensor, wants: dict[str, tuple[nn.Module, str]]) -> dict[str, torch.Tensor]:
+def _capture(
+    model: nn.Module, ids: torch.Tensor | None, wants: dict[str, tuple[nn.Module, str]], *,
+    block: int | None = None, stream: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Run ``model``'s trunk on ``ids`` and return the tensors named in ``wants`` (stops early).
 
     ``wants`` maps a key to ``(module, kind)`` with kind ``"in"`` (first positional input) or
-    ``"out"`` (output).
+    ``"out"`` (output). With ``block`` and ``stream`` instead of ``ids``: block ``block`` alone, run
+    on ``stream`` (the residual stream entering it); the trunk's blocks are swapped for that one
+    (and restored), so positions, rotary embeddings and the causal mask are made as in a full pass.
     """
     got: dict[str, torch.Tensor] = {}
     handles = []
@@ -158,17 +167,73 @@ def _capture(model: nn.Module, ids: torch.Tensor, wants: dict[str, tuple[nn.Modu
             handles.append(module.register_forward_pre_hook(make(key, kind), with_kwargs=True))
         else:
             handles.append(module.register_forward_hook(make(key, kind)))
+    inner = model.model
+    layers = inner.layers
     try:
-        model.model(input_ids=ids, use_cache=False)
+        if block is None:
+            inner(input_ids=ids, use_cache=False)
+        else:
+            inner.layers = nn.ModuleList([layers[block]])
+            inner(inputs_embeds=stream, use_cache=False)
     except _Stop:
         pass
     finally:
+        inner.layers = layers
         for h in handles:
             h.remove()
     missing = set(wants) - set(got)
     if missing:
         raise RuntimeError(f"forward pass did not reach {sorted(missing)}")
     return got
+
+
+STREAMS_IN_MEMORY = 3 * 2**30  # bytes of teacher streams ``TeacherStreams`` keeps; beyond it, fits run the teacher themselves
+
+
+class TeacherStreams:
+    """The teacher's residual stream entering each of its blocks on a set of calibration blocks, kept for
+    several fits (``linear_patch(..., streams=…)``; notebook 05 fits one patch per pipeline and ratio).
+
+    A fit given this object reads its targets ``L`` here instead of running the teacher, and where the
+    student's prefix is the teacher's, ``Y`` and ``M`` from block ``p`` alone run on the stream
+    entering it: bit-identical to a fit without it. The streams are computed by one teacher pass the
+    first time they are asked for, and again only for another teacher, other calibration blocks or
+    another batch size (replacing the previous ones). They are held in memory, ``(blocks + 1) × tokens
+    × hidden size`` floats (2.3 GB for SmolLM2 at 32k tokens); above ``limit`` bytes none are kept and
+    each fit runs the teacher itself. Drop the object to free them.
+
+    ``reused_s`` adds up the seconds of the teacher pass each time stored streams are read again, so that
+    a run can count the pass it was spared (``heal`` does: every patch's cost includes a teacher pass).
+    """
+
+    def __init__(self, limit: int = STREAMS_IN_MEMORY) -> None:
+        self.limit = limit
+        self.reused_s = 0.0
+        self._key: tuple[PreTrainedModel, torch.Tensor, int] | None = None
+        self._streams: list[list[torch.Tensor]] = []  # [batch][i]: entering block i (i = blocks: leaving the last)
+        self._seconds = 0.0  # of the pass that computed them
+
+    @torch.no_grad()
+    def get(self, teacher: PreTrainedModel, calib_blocks: torch.Tensor, batch_size: int) -> list[list[torch.Tensor]] | None:
+        """``[batch][i]``, the stream entering block ``i`` of ``teacher`` on each batch of ``calib_blocks``
+        (``i`` = number of blocks: leaving the last); ``None`` when they would take more than ``limit``."""
+        layers = decoder_layers(teacher)
+        if (len(layers) + 1) * calib_blocks.numel() * teacher.config.hidden_size * 4 > self.limit:
+            return None
+        if self._key is not None:
+            t, c, b = self._key
+            if t is teacher and b == batch_size and c.shape == calib_blocks.shape and torch.equal(c, calib_blocks):
+                self.reused_s += self._seconds
+                return self._streams
+        self._key, self._streams = None, []  # free the previous streams before computing new ones
+        started = time.perf_counter()
+        dev = model_device(teacher)
+        wants = {"0": (layers[0], "in"), **{str(i + 1): (layer, "out") for i, layer in enumerate(layers)}}
+        for start in range(0, len(calib_blocks), batch_size):
+            got = _capture(teacher, calib_blocks[start : start + batch_size].to(dev), wants)
+            self._streams.append([got[str(i)] for i in range(len(layers) + 1)])
+        self._key, self._seconds = (teacher, calib_blocks.clone(), batch_size), time.perf_counter() - started
+        return self._streams
 
 
 @torch.no_grad()
@@ -222,6 +287,7 @@ def linear_patch(
     layers: tuple[int, ...] | None = None,
     ridge: float = 0.0,
     batch_size: int = 4,
+    streams: TeacherStreams | None = None,
 ) -> list[PatchFit]:
     """Fit and fold a ReplaceMe patch for each removed run of ``student`` (modified in place).
 
@@ -231,6 +297,8 @@ def linear_patch(
         calib_blocks: ``(N, T)`` calibration token blocks.
         layers: original ids of the removed layers to patch (whole runs); ``None`` → every run.
         ridge: λ relative to the mean eigenvalue of ``MᵀM`` (0 → plain least squares).
+        streams: the teacher's streams shared with other fits on the same calibration blocks
+            (computed here if it holds none for them); ``None``: this fit runs the teacher itself.
     """
     check_teacher_lineage(student, teacher)
     runs = patch_runs(student, layers)
@@ -249,9 +317,11 @@ def linear_patch(
         raise PatchError(
             f"the removed run {list(starts[0])} starts at block 0: there is no MLP before the cut to fold a patch into"
         )
-    # The teacher does not change while the student is patched: the first run's teacher pass also keeps the
-    # targets L of the later runs (one teacher pass per batch in all), when they fit in TARGETS_IN_MEMORY.
-    keep = calib_blocks.numel() * d * 4 * (len(runs) - 1) <= TARGETS_IN_MEMORY
+    # The teacher does not change while the student is patched: its targets come from the shared streams, or
+    # else the first run's teacher pass also keeps the targets L of the later runs (one teacher pass per batch
+    # in all), when they fit in TARGETS_IN_MEMORY.
+    kept_streams = streams.get(teacher, calib_blocks, batch_size) if streams is not None else None
+    keep = kept_streams is None and calib_blocks.numel() * d * 4 * (len(runs) - 1) <= TARGETS_IN_MEMORY
     later: list[dict[str, torch.Tensor]] = []
     fits = []
     for r, run in enumerate(runs):
@@ -271,7 +341,12 @@ def linear_patch(
         err_id = target_sq = 0.0
         tokens = 0
         for b, ids in enumerate(batches):
-            if r > 0 and keep:
+            if kept_streams is not None:
+                got = {"L": kept_streams[b][run[-1] + 1]}  # leaving the run's last block
+                if shared:
+                    got |= _capture(teacher, None, _fit_points(t_layers[run[0] - 1], via_attention), block=run[0] - 1,
+                                    stream=kept_streams[b][run[0] - 1])  # fmt: skip
+            elif r > 0 and keep:
                 got = {"L": later[b][f"L{r}"]}
             else:
                 t_got = _capture(teacher, ids.to(t_dev), t_wants)

@@ -38,7 +38,7 @@ from frankenllama.healing.checkpoint import (default_checkpoint_dir, discard_che
                                             save_checkpoint)
 from frankenllama.healing.fingerprint import input_digests, run_fingerprint
 from frankenllama.healing.loop import HeldOut, TrainLog, nll_ppl, train
-from frankenllama.healing.patch import linear_patch
+from frankenllama.healing.patch import TeacherStreams, linear_patch
 from frankenllama.healing.recipes import HealConfig
 from frankenllama.healing.result import HealResult
 from frankenllama.healing.save import load_healed, rows_csv, save_healed
@@ -73,6 +73,7 @@ def heal(
     accelerator: Any | None = None,
     copy_student: bool = True,
     student_nll: Callable[[], tuple[dict[str, list[float] | None], float]] | None = None,
+    teacher_streams: TeacherStreams | None = None,
 ) -> HealResult:
     """Heal ``student`` with ``config.recipe`` and return the healed model with its costs and curves.
 
@@ -102,6 +103,9 @@ def heal(
             ``HeldOut.nll``) and the seconds that measurement took, when several runs share one
             measurement (``compare_recipes``); called only when the run is not a cache hit. Its seconds
             count in ``wall_time_s`` as if this run had measured them itself.
+        teacher_streams: the teacher's streams on the calibration blocks, shared by the linear patches
+            of several runs (``linear_patch``); the patch is the same without them, and the teacher pass
+            a run was spared still counts in its patch time and wall time.
     """
     t_call = time.perf_counter()
     plan = validate_run(student, tokenizer, config, train_blocks, teacher, teacher_tokenizer, calib_blocks)
@@ -135,8 +139,11 @@ def heal(
         nll_before, measured_s = student_nll()
         credit = measured_s - (time.perf_counter() - t_fetch)
     t_patch = time.perf_counter()  # the patch is deterministic: redone on resume, before the trained state is loaded
-    fits = linear_patch(work, teacher, plan.calib_blocks, config.patch_layers, config.patch_ridge) if config.patches else []
-    patch_time = time.perf_counter() - t_patch
+    reused = teacher_streams.reused_s if teacher_streams is not None else 0.0
+    fits = linear_patch(work, teacher, plan.calib_blocks, config.patch_layers, config.patch_ridge, streams=teacher_streams) if config.patches else []
+    spared = teacher_streams.reused_s - reused if teacher_streams is not None else 0.0  # a teacher pass another run made
+    patch_time = time.perf_counter() - t_patch + spared
+    credit += spared
     if plan.trained is None:
         model, log = work, TrainLog()
     else:

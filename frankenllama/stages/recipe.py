@@ -43,7 +43,7 @@ import pandas as pd
 from frankenllama.budget import count_params, unit_params
 from frankenllama.cache import seed_everything, to_jsonable
 from frankenllama.healing import heal
-from frankenllama.healing.patch import patchable_layers
+from frankenllama.healing.patch import TeacherStreams, patchable_layers
 from frankenllama.healing.recipes import parse_recipe
 from frankenllama.models import num_layers
 from frankenllama.selection import get_strategy
@@ -223,7 +223,8 @@ def run_pipeline(config: RecipeStudyConfig, name: str, k: int, curves: pd.DataFr
         base = dataclasses.replace(config.healing.heal_config(), recipe=recipe, eval_every=0, patch_layers=patched,
                                    **dict(pipe.heal))
         result = heal(student, tokenizer, base, train_blocks=data["train"], teacher=teacher, calib_blocks=data["calib"],
-                      eval_blocks=data["heal_eval"], out_dir=variant_path(variant), meta=meta)
+                      eval_blocks=data["heal_eval"], out_dir=variant_path(variant), meta=meta,
+                      teacher_streams=data.get("streams"))
         heal_s, tokens, calib = result.wall_time_s, result.tokens_seen, result.calib_tokens
         result.model = None
     del student
@@ -267,7 +268,8 @@ def run_pipelines(config: RecipeStudyConfig, ks: tuple[int, ...] | None = None,
     curves = pruning_stage(config.pruning)
     h = config.healing
     data = {"train": h.data("train").blocks(tokenizer, teacher), "calib": h.data("calib").blocks(tokenizer, teacher),
-            "heal_eval": h.data("eval").blocks(tokenizer, teacher)}
+            "heal_eval": h.data("eval").blocks(tokenizer, teacher),
+            "streams": TeacherStreams()}  # one teacher pass over the calibration blocks for every linear patch
     return [run_pipeline(config, name, k, curves, data) for k in ks for name in pipelines]
 
 
