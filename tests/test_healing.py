@@ -420,6 +420,23 @@ def test_fits_sharing_the_teachers_streams_give_the_same_patches_from_one_teache
         handle.remove()
 
 
+def test_the_ridge_pulls_the_patch_towards_plain_removal():
+    """ridge 0 is least squares; a growing ridge moves the fit towards T = I (no patch) and never below its error."""
+    teacher = tiny_llama(num_layers=6, seed=7)
+    blocks = torch.randint(3, VOCAB, (8, 32), generator=torch.Generator().manual_seed(3))
+    errors = []
+    for ridge in (0.0, 0.1, 1e9):
+        student = drop_layers(teacher, [3])
+        plain = {n: w.clone() for n, w in student.named_parameters()}
+        (fit,) = linear_patch(student, teacher, blocks, ridge=ridge)
+        errors.append(fit.rel_error)
+        changed = [n for n, w in student.named_parameters() if not torch.equal(w, plain[n])]
+        assert changed == ["model.layers.2.mlp.down_proj.weight"]
+        if ridge > 1e6:  # T = I up to 1e-9: the block before the cut is left as it was
+            torch.testing.assert_close(dict(student.named_parameters())[changed[0]], plain[changed[0]], rtol=0, atol=1e-6)
+    assert errors[0] < errors[1] < errors[2] and errors[2] == pytest.approx(fit.rel_error_identity, rel=1e-6)
+
+
 def test_patch_then_heal_composes(setup):
     teacher, student, tok, train, evals = setup
     config = HealConfig(recipe="linear-patch+lora", tokens=2 * 16 * 2, batch_size=2, patch_tokens=64)

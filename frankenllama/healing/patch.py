@@ -11,7 +11,7 @@ In the unpruned model the removed run then maps ``out_p`` to ``L`` = the residua
 ``j − 1``. After pruning, ``out_p`` feeds block ``j`` directly. ReplaceMe fits one matrix ``T``
 (d × d) on calibration tokens::
 
-    T* = argmin_T ‖ M T − (L − Y) ‖²_F   (+ λ‖T‖² with ridge λ)
+    T* = argmin_T ‖ M T − (L − Y) ‖²_F   (+ λ‖T − I‖² with ridge λ: shrunk towards plain removal, T = I)
 
 and folds it into the down projection, ``W_down ← T*ᵀ W_down``, so block ``p`` now outputs
 ``Y + M T* ≈ L``: the architecture stays a vanilla transformers model with the same parameter count.
@@ -296,7 +296,8 @@ def linear_patch(
         teacher: the unpruned model it was cut from; supplies the targets ``L``.
         calib_blocks: ``(N, T)`` calibration token blocks.
         layers: original ids of the removed layers to patch (whole runs); ``None`` → every run.
-        ridge: λ relative to the mean eigenvalue of ``MᵀM`` (0 → plain least squares).
+        ridge: λ relative to the mean eigenvalue of ``MᵀM``, pulling ``T`` towards the identity (plain removal;
+            0 → plain least squares, ∞ → no patch).
         streams: the teacher's streams shared with other fits on the same calibration blocks
             (computed here if it holds none for them); ``None``: this fit runs the teacher itself.
     """
@@ -363,7 +364,8 @@ def linear_patch(
             err_id += float(((m - delta) ** 2).sum())
             tokens += m.shape[0]
         lam = ridge * float(torch.trace(gram)) / d
-        transform = torch.linalg.pinv(gram + lam * torch.eye(d, dtype=torch.float64), hermitian=True) @ cross
+        eye = torch.eye(d, dtype=torch.float64)
+        transform = torch.linalg.pinv(gram + lam * eye, hermitian=True) @ (cross + lam * eye)  # (MᵀM + λI)⁻¹(MᵀΔ + λI)
         # ‖MT − Δ‖² = tr(Tᵀ MᵀM T) − 2 tr(Tᵀ MᵀΔ) + ‖Δ‖², from the accumulated statistics
         resid = float(torch.trace(transform.T @ gram @ transform) - 2 * torch.trace(transform.T @ cross)) + target_sq
         fold_into_projection(projection, transform)

@@ -124,7 +124,7 @@ class HealConfig:
     # linear patch
     patch_layers: tuple[int, ...] | None = None  # original ids of removed layers to patch; None → all
     patch_tokens: int = 16_384  # calibration tokens for the least-squares fit
-    patch_ridge: float = 0.0  # ridge λ relative to the mean eigenvalue of XᵀX (0 → plain least squares)
+    patch_ridge: float = 0.0  # ridge λ relative to the mean eigenvalue of MᵀM, towards plain removal (0 → least squares)
     # bookkeeping
     eval_every: int = 0  # steps between eval-perplexity points (0 → before and after only)
     log_every: int = 1  # steps between loss-log rows
