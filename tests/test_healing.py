@@ -408,7 +408,7 @@ def test_fits_sharing_the_teachers_streams_give_the_same_patches_from_one_teache
             full += sum(passes[before:])
             for (name, a), (_, b) in zip(alone.named_parameters(), shared.named_parameters(), strict=True):
                 assert torch.equal(a, b), name
-        assert full == 3 and streams.reused_s > 0  # one pass over the 3 calibration batches, for every fit
+        assert full == 3 and streams.credit_s > 0  # one pass over the 3 calibration batches, for every fit
         other = blocks.flip(0)  # other calibration blocks: new streams, still the same patch
         alone, shared = drop_layers(teacher, [4]), drop_layers(teacher, [4])
         assert linear_patch(shared, teacher, other, batch_size=4, streams=streams) == linear_patch(alone, teacher, other, batch_size=4)

@@ -202,28 +202,33 @@ class TeacherStreams:
     × hidden size`` floats (2.3 GB for SmolLM2 at 32k tokens); above ``limit`` bytes none are kept and
     each fit runs the teacher itself. Drop the object to free them.
 
-    ``reused_s`` adds up the seconds of the teacher pass each time stored streams are read again, so that
-    a run can count the pass it was spared (``heal`` does: every patch's cost includes a teacher pass).
+    ``credit_s`` keeps each fit's clock honest (``heal`` adds its change to the run's patch and wall time):
+    a fit that reads stored streams is credited the teacher pass it would have made alone (that pass's
+    share of the blocks it needs: up to the deepest removed block), and the fit that computes them is
+    debited the blocks beyond that. So every fit costs what it would cost alone, whichever came first.
     """
 
     def __init__(self, limit: int = STREAMS_IN_MEMORY) -> None:
         self.limit = limit
-        self.reused_s = 0.0
+        self.credit_s = 0.0
         self._key: tuple[PreTrainedModel, torch.Tensor, int] | None = None
         self._streams: list[list[torch.Tensor]] = []  # [batch][i]: entering block i (i = blocks: leaving the last)
         self._seconds = 0.0  # of the pass that computed them
 
     @torch.no_grad()
-    def get(self, teacher: PreTrainedModel, calib_blocks: torch.Tensor, batch_size: int) -> list[list[torch.Tensor]] | None:
+    def get(self, teacher: PreTrainedModel, calib_blocks: torch.Tensor, batch_size: int,
+            depth: int | None = None) -> list[list[torch.Tensor]] | None:
         """``[batch][i]``, the stream entering block ``i`` of ``teacher`` on each batch of ``calib_blocks``
-        (``i`` = number of blocks: leaving the last); ``None`` when they would take more than ``limit``."""
+        (``i`` = number of blocks: leaving the last); ``None`` when they would take more than ``limit``.
+        ``depth``: the blocks the caller's own teacher pass would run (``credit_s``; default all)."""
         layers = decoder_layers(teacher)
+        share = (len(layers) if depth is None else depth) / len(layers)
         if (len(layers) + 1) * calib_blocks.numel() * teacher.config.hidden_size * 4 > self.limit:
             return None
         if self._key is not None:
             t, c, b = self._key
             if t is teacher and b == batch_size and c.shape == calib_blocks.shape and torch.equal(c, calib_blocks):
-                self.reused_s += self._seconds
+                self.credit_s += self._seconds * share
                 return self._streams
         self._key, self._streams = None, []  # free the previous streams before computing new ones
         started = time.perf_counter()
@@ -233,6 +238,7 @@ class TeacherStreams:
             got = _capture(teacher, calib_blocks[start : start + batch_size].to(dev), wants)
             self._streams.append([got[str(i)] for i in range(len(layers) + 1)])
         self._key, self._seconds = (teacher, calib_blocks.clone(), batch_size), time.perf_counter() - started
+        self.credit_s -= self._seconds * (1 - share)
         return self._streams
 
 
@@ -321,7 +327,8 @@ def linear_patch(
     # The teacher does not change while the student is patched: its targets come from the shared streams, or
     # else the first run's teacher pass also keeps the targets L of the later runs (one teacher pass per batch
     # in all), when they fit in TARGETS_IN_MEMORY.
-    kept_streams = streams.get(teacher, calib_blocks, batch_size) if streams is not None else None
+    depth = max(run[-1] for run in runs) + 1  # the teacher blocks a pass of this fit's own would run
+    kept_streams = streams.get(teacher, calib_blocks, batch_size, depth) if streams is not None else None
     keep = kept_streams is None and calib_blocks.numel() * d * 4 * (len(runs) - 1) <= TARGETS_IN_MEMORY
     later: list[dict[str, torch.Tensor]] = []
     fits = []

@@ -104,8 +104,8 @@ def heal(
             measurement (``compare_recipes``); called only when the run is not a cache hit. Its seconds
             count in ``wall_time_s`` as if this run had measured them itself.
         teacher_streams: the teacher's streams on the calibration blocks, shared by the linear patches
-            of several runs (``linear_patch``); the patch is the same without them, and the teacher pass
-            a run was spared still counts in its patch time and wall time.
+            of several runs (``linear_patch``); the patch is the same without them, and each run's patch
+            time and wall time count the teacher pass it would have made alone (``TeacherStreams.credit_s``).
     """
     t_call = time.perf_counter()
     plan = validate_run(student, tokenizer, config, train_blocks, teacher, teacher_tokenizer, calib_blocks)
@@ -139,11 +139,11 @@ def heal(
         nll_before, measured_s = student_nll()
         credit = measured_s - (time.perf_counter() - t_fetch)
     t_patch = time.perf_counter()  # the patch is deterministic: redone on resume, before the trained state is loaded
-    reused = teacher_streams.reused_s if teacher_streams is not None else 0.0
+    streams_before = teacher_streams.credit_s if teacher_streams is not None else 0.0
     fits = linear_patch(work, teacher, plan.calib_blocks, config.patch_layers, config.patch_ridge, streams=teacher_streams) if config.patches else []
-    spared = teacher_streams.reused_s - reused if teacher_streams is not None else 0.0  # a teacher pass another run made
-    patch_time = time.perf_counter() - t_patch + spared
-    credit += spared
+    shared = teacher_streams.credit_s - streams_before if teacher_streams is not None else 0.0  # this fit's own teacher pass, as if alone
+    patch_time = time.perf_counter() - t_patch + shared
+    credit += shared
     if plan.trained is None:
         model, log = work, TrainLog()
     else:
