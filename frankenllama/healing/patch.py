@@ -197,8 +197,9 @@ class TeacherStreams:
     A fit given this object reads its targets ``L`` here instead of running the teacher, and where the
     student's prefix is the teacher's, ``Y`` and ``M`` from block ``p`` alone run on the stream
     entering it: bit-identical to a fit without it. The streams are computed by one teacher pass the
-    first time they are asked for, and again only for another teacher, other calibration blocks or
-    another batch size (replacing the previous ones). They are held in memory, ``(blocks + 1) × tokens
+    first time they are asked for, and again only for another teacher object, other calibration blocks
+    or another batch size (replacing the previous ones): the teacher's weights must not change while
+    the object is in use (no stage trains the teacher; students are copies). They are held in memory, ``(blocks + 1) × tokens
     × hidden size`` floats (2.3 GB for SmolLM2 at 32k tokens); above ``limit`` bytes none are kept and
     each fit runs the teacher itself. Drop the object to free them.
 
