@@ -8,7 +8,6 @@ blocks to remove is the pruning stage's choice (``frankenllama.stages.healing`` 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,11 +57,13 @@ def compare_recipes(
     pass over the calibration blocks that the linear patches fit on (``TeacherStreams``).
     """
 
-    @functools.cache
-    def student_nll() -> tuple[dict[str, list[float] | None], float]:
-        t = time.perf_counter()
-        nll = HeldOut(eval_blocks, ood_blocks if eval_blocks is not None else None).nll(student)  # as heal measures it
-        return nll, time.perf_counter() - t
+    measured: list[tuple[dict[str, list[float] | None], float]] = []  # every run has the same held-out blocks
+
+    def student_nll(held_out: HeldOut) -> tuple[dict[str, list[float] | None], float]:
+        if not measured:
+            t = time.perf_counter()
+            measured.append((held_out.nll(student), time.perf_counter() - t))
+        return measured[0]
 
     streams = TeacherStreams()  # the recipes' linear patches share one teacher pass over the calibration blocks
     results = []

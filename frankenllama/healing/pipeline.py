@@ -72,7 +72,7 @@ def heal(
     on_step: Callable[[int, RecipeTrainer], None] | None = None,
     accelerator: Any | None = None,
     copy_student: bool = True,
-    student_nll: Callable[[], tuple[dict[str, list[float] | None], float]] | None = None,
+    student_nll: Callable[[HeldOut], tuple[dict[str, list[float] | None], float]] | None = None,
     teacher_streams: TeacherStreams | None = None,
 ) -> HealResult:
     """Heal ``student`` with ``config.recipe`` and return the healed model with its costs and curves.
@@ -99,7 +99,7 @@ def heal(
             process writes checkpoints and ``out_dir``. ``frankenllama.healing.launch`` is the script.
         copy_student: ``False`` trains ``student`` itself (modified in place: no second copy of the
             weights in memory, for a model loaded just for this run, as the launch script does).
-        student_nll: returns the student's per-block NLLs on ``eval_blocks``/``ood_blocks`` (as
+        student_nll: given the run's ``HeldOut``, returns the student's per-block NLLs on it (as
             ``HeldOut.nll``) and the seconds that measurement took, when several runs share one
             measurement (``compare_recipes``); called only when the run is not a cache hit. Its seconds
             count in ``wall_time_s`` as if this run had measured them itself.
@@ -136,7 +136,7 @@ def heal(
         nll_before = held_out.nll(work)  # deterministic: measured again on a resume
     else:
         t_fetch = time.perf_counter()
-        nll_before, measured_s = student_nll()
+        nll_before, measured_s = student_nll(held_out)
         credit = measured_s - (time.perf_counter() - t_fetch)
     t_patch = time.perf_counter()  # the patch is deterministic: redone on resume, before the trained state is loaded
     streams_before = teacher_streams.credit_s if teacher_streams is not None else 0.0

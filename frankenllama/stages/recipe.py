@@ -224,7 +224,7 @@ def run_pipeline(config: RecipeStudyConfig, name: str, k: int, curves: pd.DataFr
                                    **dict(pipe.heal))
         result = heal(student, tokenizer, base, train_blocks=data["train"], teacher=teacher, calib_blocks=data["calib"],
                       eval_blocks=data["heal_eval"], out_dir=variant_path(variant), meta=meta,
-                      teacher_streams=data.get("streams"))
+                      teacher_streams=data["streams"])
         heal_s, tokens, calib = result.wall_time_s, result.tokens_seen, result.calib_tokens
         result.model = None
     del student
