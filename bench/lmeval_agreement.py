@@ -13,6 +13,11 @@ Measured (SmolLM2-135M, 50 items per task, seed 0, 2 busy cores, 17 min, mostly 
 every choice's log-likelihood within 7e-5 nats of lm-eval's; ``acc`` decided alike on 150/150
 items; ``acc_norm`` on 149/150 — ARC-Easy item 75 (" amphibians" vs " reptiles"), flipped by the
 length convention above, and 150/150 with lm-eval's length.
+Again in session 12 (200 items per task, seed 0, idle 2-core AMD EPYC, 5 min 20 s): log-likelihoods
+within 7.4e-5 nats; ``acc`` 600/600; ``acc_norm`` 597/600 (99.5 %): ARC-Easy items 75 and 276 and
+PIQA item 1434, all three flipped by the length convention (alike with lm-eval's length). The
+recomputation with lm-eval's length itself misses one HellaSwag item whose decision our own length
+gets right (HellaSwag 200/200 as scored), so the stripped length is a diagnostic, not the rule.
 
 lm-eval is not a dependency of frankenllama: install it into a throwaway venv that sees ours
 (it would downgrade python-dateutil in the shared one):
