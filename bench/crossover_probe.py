@@ -12,6 +12,7 @@ blocks 24-39 (256 tokens). Appends one JSON line per run to bench/results/crosso
     python bench/crossover_probe.py --k 3 --select shortgpt frankenllama --heal shortgpt frankenllama
 """
 import argparse
+import ast
 import csv
 import dataclasses
 import json
@@ -19,7 +20,7 @@ import time
 
 import torch
 
-from frankenllama.data import load_corpus, token_blocks
+from _development import development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.eval.perplexity import perplexity
 from frankenllama.healing import TeacherStreams, heal
 from frankenllama.selection import get_strategy
@@ -38,10 +39,9 @@ p.add_argument("--set", nargs="*", default=[], help="extra HealConfig fields, na
 p.add_argument("--tag", default="")
 a = p.parse_args()
 torch.set_num_threads(2)
-extra = {k: eval(v) for k, v in (s.split("=", 1) for s in a.set)}
+extra = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in a.set)}
 teacher, tok = shared_model("smollm2-135m")
-ood = token_blocks(tok, load_corpus("olmo-passages", "eval"), 256, max_blocks=80)[48:80]
-ind = token_blocks(tok, load_corpus("wiki-leads", "eval"), 256, max_blocks=40)[24:40]
+ood, ind = development_blocks(tok)
 o_t, i_t = perplexity(teacher, ood, batch_size=8), perplexity(teacher, ind, batch_size=8)
 study = build("default").recipe
 h = study.healing
@@ -58,11 +58,11 @@ for k in a.k:
             torch.manual_seed(0)
             whole = get_strategy(strategy).granularity == "layer"
             student = drop_layers(teacher, units) if whole else prune_sublayers(teacher, units)
-            if hq == "none":
-                model, recipe = student, None
+            pipe = None if hq == "none" else study.pipeline(hq)
+            recipe, patched = (None, None) if pipe is None else applied_recipe(a.recipe or pipe.recipe, student)
+            if recipe is None:  # `none`, a pipeline that does not heal (SLEB), or a patch with nothing to fold into
+                model = student
             else:
-                pipe = study.pipeline(hq)
-                recipe, patched = applied_recipe(a.recipe or pipe.recipe, student)
                 cfg = dataclasses.replace(h.heal_config(), recipe=recipe, eval_every=0, patch_layers=patched,
                                           **{**dict(pipe.heal), **extra})
                 model = heal(student, tok, cfg, train_blocks=train, teacher=teacher, calib_blocks=calib,

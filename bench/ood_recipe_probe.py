@@ -12,9 +12,9 @@ in-domain 1.297 / 1.478 against 1.239; not adopted).
 """
 import argparse, json, time, sys
 import torch
+from _development import development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.eval.perplexity import perplexity
-from frankenllama.data import load_corpus, token_blocks
 from frankenllama.surgery import drop_layers
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.healing import HealConfig
@@ -36,8 +36,7 @@ a = p.parse_args()
 torch.set_num_threads(2)
 t0 = time.time()
 teacher, tok = shared_model("smollm2-135m")
-ood = token_blocks(tok, load_corpus("olmo-passages", "eval"), 256, max_blocks=80)[48:80]  # dev OOD: not the reported blocks
-ind = token_blocks(tok, load_corpus("wiki-leads", "eval"), 256, max_blocks=40)[24:40]
+ood, ind = development_blocks(tok)
 def ppl(m, x):
     return perplexity(m, x, batch_size=8)
 if a.cut == "block":

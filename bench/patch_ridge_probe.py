@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from frankenllama.data import load_corpus, token_blocks
+from _development import development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.eval.perplexity import perplexity
 from frankenllama.healing import TeacherStreams, heal, linear_patch
 from frankenllama.stages.common import DataConfig, shared_model
@@ -43,8 +43,7 @@ p.add_argument("--tag", default="")
 a = p.parse_args()
 torch.set_num_threads(2)
 teacher, tok = shared_model("smollm2-135m")
-ood = token_blocks(tok, load_corpus("olmo-passages", "eval"), 256, max_blocks=80)[48:80]
-ind = token_blocks(tok, load_corpus("wiki-leads", "eval"), 256, max_blocks=40)[24:40]
+ood, ind = development_blocks(tok)
 o_t, i_t = perplexity(teacher, ood, batch_size=8), perplexity(teacher, ind, batch_size=8)
 prof = build("default")
 h = prof.recipe.healing if a.tokens is None else dataclasses.replace(prof.recipe.healing, tokens=a.tokens)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _development import development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.eval.paired import paired_difference
 from frankenllama.eval.perplexity import perplexity
@@ -58,8 +59,7 @@ a = p.parse_args()
 torch.set_num_threads(2)
 t0 = time.time()
 teacher, tok = shared_model("smollm2-135m")
-ood = token_blocks(tok, load_corpus("olmo-passages", "eval"), 256, max_blocks=80)[48:80]
-ind = token_blocks(tok, load_corpus("wiki-leads", "eval"), 256, max_blocks=56)[32:56]
+ood, ind = development_blocks(tok, slice(32, 56))
 
 
 def measure(model) -> dict:
