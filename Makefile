@@ -31,8 +31,19 @@ install: $(STAMP)
 
 # The llama.cpp runtime (llama-cpp-python, a source distribution): notebook 06 and tests/deploy need it.
 # Built once with every core (about 9 CPU-minutes; pip caches the wheel, so a rebuilt venv reuses it).
+# On x86-64 without llama.cpp's AMX kernels: on a VM whose CPU advertises AMX (Sapphire Rapids) the
+# native build's first matrix product died at `ldtilecfg` (general-protection fault, kernel gone);
+# the AVX-512 kernels do the work instead. Then one SmolLM2 prefill and decode in a fresh process
+# proves the runtime works here before anything relies on it.
+LLAMA_CPP_FLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 $(DEPLOY_STAMP): $(STAMP) requirements-deploy.txt
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PY) -m pip install --quiet -r requirements-deploy.txt
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS='-DCMAKE_C_FLAGS="$(LLAMA_CPP_FLAGS)" -DCMAKE_CXX_FLAGS="$(LLAMA_CPP_FLAGS)"' \
+	  $(PY) -m pip install --quiet -r requirements-deploy.txt
+	@$(PY) frankenllama/export/probe.py --prompt 16 --decode 4 \
+	  "$$($(PY) -c 'from frankenllama.assets import asset_path; print(asset_path("smollm2-gguf"))')" > /dev/null \
+	  || { echo "llama.cpp does not run on this machine (above). A wheel built before with other flags may be" \
+	            "in pip's cache: $(PY) -m pip cache remove llama_cpp_python && $(PY) -m pip uninstall -y" \
+	            "llama-cpp-python && make deploy-deps"; exit 1; }
 	touch $@
 
 deploy-deps: $(DEPLOY_STAMP)
