@@ -51,6 +51,7 @@ p.add_argument("--len", type=int, default=256, help="training block length")
 p.add_argument("--lr", type=float, default=None)
 p.add_argument("--rank", type=int, default=8, help="LoRA rank (alpha = 2 x rank)")
 p.add_argument("--kdw", type=float, default=1.0, help="kd_weight")
+p.add_argument("--batch", type=int, default=4, help="blocks per optimizer step (steps = tokens / (batch x len))")
 p.add_argument("--chat", type=float, default=0.0,
                help="fraction of training texts put in the chat template (first sentence as the user turn)")
 p.add_argument("--items", type=int, default=200)
@@ -88,7 +89,7 @@ if a.recipe != "none":
                 text = apply_chat(tok, text[:cut].strip()) + text[cut:].strip()
             chatted.append(text)
         texts = chatted
-    config = HealConfig(recipe=a.recipe, tokens=a.tokens, batch_size=4, lr=a.lr, kd_weight=a.kdw, lora_rank=a.rank,
+    config = HealConfig(recipe=a.recipe, tokens=a.tokens, batch_size=a.batch, lr=a.lr, kd_weight=a.kdw, lora_rank=a.rank,
                         lora_alpha=2.0 * a.rank, patch_tokens=a.calib, kd_top_k=64, seed=0)
     train = token_blocks(tok, texts, a.len, max_blocks=a.tokens // a.len)
     calib = DataConfig("wiki-leads", "calib", 256, a.calib // 256).blocks(tok, teacher)
@@ -107,11 +108,13 @@ def column(scores: dict, j: int) -> np.ndarray:
 acc = paired_difference(100 * column(got, 0), 100 * column(original, 0), groups=groups)
 bpb = paired_difference(column(got, 1), column(original, 1), groups=groups)
 row = {"tag": a.tag, "units": "" if a.load else a.units, "load": a.load, "recipe": a.recipe, "tokens": a.tokens,
-       "calib": a.calib, "len": a.len, "lr": a.lr, "rank": a.rank, "kdw": a.kdw, "chat": a.chat,
+       "calib": a.calib, "len": a.len, "batch": a.batch, "lr": a.lr, "rank": a.rank, "kdw": a.kdw, "chat": a.chat,
        "acc_norm": round(acc.diff, 2), "acc_lo": round(acc.low, 2), "acc_hi": round(acc.high, 2),
        "bpb": round(bpb.diff, 4), "bpb_lo": round(bpb.low, 4), "bpb_hi": round(bpb.high, 4),
        "ood": round(got["ood"] / original["ood"], 4), "ind": round(got["ind"] / original["ind"], 4),
        "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}  # fmt: skip
 print(json.dumps(row))
+if a.tag:  # the run's items, so that two runs can be paired with each other (same items, same blocks)
+    (CACHE_DIR / f"zero_shot_probe_{a.tag}_{a.items}.pkl").write_bytes(pickle.dumps(got))
 with RESULTS.open("a") as f:
     f.write(json.dumps(row) + "\n")

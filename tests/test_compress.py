@@ -239,3 +239,15 @@ def test_the_patch_is_planned_for_every_run_that_does_not_start_at_block_0():
     plan, note = heal_plan(CompressConfig("m", "0.8", heal="linear-patch+kd-lora", tokens=256), at_zero)
     assert plan.recipe == "kd-lora" and "linear patch skipped" in note
     assert heal_plan(CompressConfig("m", "0.8", heal="linear-patch"), at_zero) == (None, note)
+
+
+def test_training_batch_sets_the_optimizer_steps_and_evaluation_keeps_its_own():
+    from frankenllama.compress.steps import heal_plan
+
+    student = tiny_llama(num_layers=LAYERS)
+    default = CompressConfig.from_profile("m", "0.8")
+    assert (default.train_batch, default.tokens // (default.train_batch * default.block_len)) == (4, 64)
+    plan, _ = heal_plan(CompressConfig("m", "0.8", heal="kd-lora", tokens=1024, train_batch=2, batch_size=8), student)
+    assert plan.batch_size == 2  # blocks per optimizer step; batch_size only batches the perplexity forwards
+    with pytest.raises(CompressConfigError, match="train_batch=0"):
+        CompressConfig("m", "0.8", train_batch=0)

@@ -118,7 +118,7 @@ def heal_plan(config: CompressConfig, student: PreTrainedModel) -> tuple[HealCon
     if not steps:
         return None, note
     patches = "linear-patch" in steps
-    return HealConfig(recipe="+".join(steps), tokens=config.tokens, batch_size=config.batch_size,
+    return HealConfig(recipe="+".join(steps), tokens=config.tokens, batch_size=config.train_batch,
                       patch_tokens=config.calib_tokens, kd_top_k=config.kd_top_k, seed=config.seed,
                       checkpoint_every=config.checkpoint_every, patch_layers=layers if patches else None,
                       **dict(DEFAULT_HEAL_OPTIONS)), note  # fmt: skip

@@ -72,7 +72,10 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 #                             KD-LoRA rank 32           -3.5 [-6.2, -1.0]   +0.042   1.30 / 1.17   (rank 64: -4.7, +0.028, 1.30 / 1.17)
 #                             patch only (32k calib)    -4.7 [-7.3, -1.8]   +0.016   1.51 / 1.31
 #                             patch + KD-LoRA, kd 1     -2.2 [-4.7, +0.5]   -0.017   1.30 / 1.14   (pure distillation)
-#                             patch + KD-LoRA, kd 0.5   -3.2 [-5.8, -0.3]   -0.073   1.16 / 0.92   <- the recipe
+#                             patch + KD-LoRA, kd 0.5   -3.2 [-5.8, -0.3]   -0.073   1.16 / 0.92   <- the recipe (64 steps of 4 blocks)
+#                               same, lr 1e-3           -3.2 [-5.8, -0.5]   -0.048   1.17 / 0.94
+#                               same, 256 steps of 1    -1.8 [-4.7, +0.8]   -0.070   1.17 / 0.92   (vs 64 of 4: +1.3 [-0.3, +2.8];
+#                                                       compress's reported items: -3.1 vs -3.3, out of domain 1.22 vs 1.20)
 #   4k tokens (notebook 05)   patch + KD-LoRA, kd 1     -3.7 [-6.5, -0.8]   +0.019   1.42 / 1.27
 #                             patch + LoRA (CE only)    -4.0 [-6.8, -1.2]   +0.056   1.32 / 1.08
 #                             LoRA (CE only)            -6.0 [-8.7, -3.5]   +0.102   1.34 / 1.24
