@@ -92,3 +92,13 @@ def remove_smoke_variants() -> list[str]:
 def _no_smoke_variants_left():
     yield
     remove_smoke_variants()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test starts with the session's torch thread count: the fault scenarios pin one thread in
+    process, and a test that compares logits with a fresh process (which uses the default count) must not
+    inherit that (1 against 2 threads moves SmolLM2's logits by ~6e-5 on an AVX-512 machine)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
