@@ -21,7 +21,6 @@ PLAIN_RELOAD = textwrap.dedent(
     sys.modules["frankenllama"] = None  # prove the folder loads without frankenllama
     import torch
     from transformers import AutoModelForCausalLM
-    torch.set_num_threads(int(sys.argv[4]))  # the caller's count: the same reduction order, the same logits
     model = AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
     ids = torch.load(sys.argv[2])
     with torch.no_grad():
@@ -33,8 +32,7 @@ PLAIN_RELOAD = textwrap.dedent(
 def plain_transformers_logits(folder, ids, tmp_path) -> torch.Tensor:
     torch.save(ids, tmp_path / "ids.pt")
     subprocess.run(
-        [sys.executable, "-c", PLAIN_RELOAD, str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt"),
-         str(torch.get_num_threads())],
+        [sys.executable, "-c", PLAIN_RELOAD, str(folder), str(tmp_path / "ids.pt"), str(tmp_path / "logits.pt")],
         check=True,
     )
     return torch.load(tmp_path / "logits.pt")
