@@ -65,11 +65,11 @@ ood, ind = development_blocks(tok, slice(32, 56))
 
 def measure(model) -> dict:
     scores = evaluate_tasks(model, tok, TASKS, a.items, seed=1, chat_template=True)
-    items = {t: [(i.acc_norm, i.gold_bpb) for i in scores[t].items] for t in TASKS}
+    items = {t: [(i.acc_norm, i.gold_bpb, i.gold_prob_norm) for i in scores[t].items] for t in TASKS}
     return {"ood": perplexity(model, ood, batch_size=8), "ind": perplexity(model, ind, batch_size=8), "items": items}
 
 
-reference = CACHE_DIR / f"zero_shot_probe_original_{a.items}.pkl"
+reference = CACHE_DIR / f"zero_shot_probe_original_{a.items}_v2.pkl"  # v2: items carry gold_prob_norm
 if reference.exists():
     original = pickle.loads(reference.read_bytes())
 else:
@@ -107,9 +107,11 @@ def column(scores: dict, j: int) -> np.ndarray:
 
 acc = paired_difference(100 * column(got, 0), 100 * column(original, 0), groups=groups)
 bpb = paired_difference(column(got, 1), column(original, 1), groups=groups)
+prob = paired_difference(100 * column(got, 2), 100 * column(original, 2), groups=groups)
 row = {"tag": a.tag, "units": "" if a.load else a.units, "load": a.load, "recipe": a.recipe, "tokens": a.tokens,
        "calib": a.calib, "len": a.len, "batch": a.batch, "lr": a.lr, "rank": a.rank, "kdw": a.kdw, "chat": a.chat,
        "acc_norm": round(acc.diff, 2), "acc_lo": round(acc.low, 2), "acc_hi": round(acc.high, 2),
+       "prob_norm": round(prob.diff, 2), "prob_lo": round(prob.low, 2), "prob_hi": round(prob.high, 2),
        "bpb": round(bpb.diff, 4), "bpb_lo": round(bpb.low, 4), "bpb_hi": round(bpb.high, 4),
        "ood": round(got["ood"] / original["ood"], 4), "ind": round(got["ind"] / original["ind"], 4),
        "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}  # fmt: skip

@@ -176,3 +176,21 @@ def test_a_cached_heal_of_a_sub_block_pruned_model_returns_the_saved_weights(tmp
     assert again.cached and not first.cached
     with torch.no_grad():
         assert torch.allclose(again.model(ids).logits, first.model(ids).logits, atol=1e-5)
+
+
+def test_study_figure_cuts_a_failed_pipeline_off_the_difference_axis(tmp_path):
+    """One pipeline 15x further from 0 than the rest (Lu et al.'s +2.4 bits per byte) must not flatten the others."""
+    rows = [{"percent": 0, "pipeline": BASELINE}]
+    bpb = {"shortgpt": (0.11, 0.07, 0.15), "lu": (2.41, 2.27, 2.55), OURS: (0.03, -0.01, 0.07)}
+    for pipeline, (diff, low, high) in bpb.items():
+        row = {"percent": 20, "pipeline": pipeline, "bpb_orig": diff, "bpb_orig_low": low, "bpb_orig_high": high,
+               "acc_norm_orig": -3.0, "acc_norm_orig_low": -9.0, "acc_norm_orig_high": 3.0}
+        for d in ("in", "ood"):
+            row |= {f"ppl_{d}_x": 1.2, f"ppl_{d}_low": 1.1, f"ppl_{d}_high": 1.3}
+        rows.append(row)
+    fig = study_figure(pd.DataFrame(rows), tmp_path)
+    low, top = fig.axes[2].get_ylim()  # the gold bits-per-byte panel
+    assert 0.15 < top < 0.5 and low < -0.01  # every interval but the failed one fits, and 0 stays in view
+    assert [t.get_text() for t in fig.axes[2].texts] == ["+2.41"]  # the cut-off point is labelled with its value
+    low, top = fig.axes[3].get_ylim()  # acc_norm: no outlier, no cut
+    assert top >= 3.0 and low <= -9.0 and not fig.axes[3].texts

@@ -80,7 +80,9 @@ def plot_quality_vs_bytes(
                              layout="constrained")
     for ax, quality in zip(axes[0], qualities):
         _draw(ax, rows, quality)
-    axes[0][0].legend(title="numbers: blocks removed\ndashed, open: healed", title_fontsize=6, fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()  # below the panels: inside, it covered the f16 points
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=7, frameon=False,
+               title="numbers: blocks removed; dashed, open: healed", title_fontsize=6)
     save_figure(fig, name, out_dir)
     return fig
 

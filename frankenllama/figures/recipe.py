@@ -47,7 +47,7 @@ def study_figure(table: pd.DataFrame, out_dir: Path, name: str = "recipe_study")
     fig, axes = plt.subplots(2, 2, figsize=(TEXT_WIDTH, 5.2), layout="constrained")
     width = 0.8 / max(len(pipes), 1)
     for ax, (stem, label, ref) in zip(axes.flat, PANELS):
-        col = _value(table, stem)
+        col, points = _value(table, stem), []
         for i, pipe in enumerate(pipes):
             style = {"color": PALETTE[-1]} if pipe == OURS else series_style(i)
             sub = rows[rows.pipeline == pipe].set_index("percent").reindex(ratios)
@@ -56,9 +56,13 @@ def study_figure(table: pd.DataFrame, out_dir: Path, name: str = "recipe_study")
             x = np.arange(len(ratios)) - 0.4 + width * (i + 0.5)
             err = np.vstack([sub[col] - sub[f"{stem}_low"], sub[f"{stem}_high"] - sub[col]])
             ax.errorbar(x, sub[col], yerr=err, fmt="o", ms=3.5, capsize=2, lw=1, label=pipe, **style)
+            points += [(xi, yi, lo, hi, style["color"]) for xi, yi, lo, hi in
+                       zip(x, sub[col], sub[f"{stem}_low"], sub[f"{stem}_high"]) if np.isfinite(yi)]
         ax.axhline(ref, color="0.5", lw=0.8, ls="--")
         if ref == 1.0:  # perplexity ratios: a failed pipeline (hundreds of times the original) must not flatten the rest
             ax.set_yscale("log")
+        else:
+            _clip_outliers(ax, points, ref)
         ax.set_xlim(-0.5, len(ratios) - 0.5)
         ax.set_xticks(np.arange(len(ratios)), [f"{r} %" for r in ratios])
         ax.set_xlabel("decoder parameters removed")
@@ -67,6 +71,30 @@ def study_figure(table: pd.DataFrame, out_dir: Path, name: str = "recipe_study")
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(labels), 6))
     save_figure(fig, name, out_dir)
     return fig
+
+
+def _clip_outliers(ax: plt.Axes, points: list[tuple[float, float, float, float, str]], ref: float,
+                   factor: float = 4.0) -> None:
+    """Cut a difference axis above the rest when one interval reaches ``factor`` times further up than all others.
+
+    ``points`` are ``(x, value, interval low, interval high, colour)``. A failed pipeline (Lu et al.
+    at +2.4 gold bits per byte) would otherwise squeeze every other interval into a line; it is
+    drawn as an arrow at the top edge, labelled with its value.
+    """
+    highs = sorted((hi for *_, hi, _ in points if np.isfinite(hi)), reverse=True)
+    lows = [lo for _, _, lo, _, _ in points if np.isfinite(lo)]
+    if len(highs) < 2 or not lows:
+        return
+    bottom = min(*lows, ref)
+    rest = [h for h in highs if h - bottom < (highs[0] - bottom) / factor]
+    if not rest:
+        return
+    limit = rest[0] + 0.25 * (rest[0] - bottom)
+    ax.set_ylim(bottom - 0.08 * (limit - bottom), limit)
+    for x, value, _, hi, color in points:
+        if hi > limit:
+            ax.plot([x], [limit], marker="^", ms=5, color=color, clip_on=False)
+            ax.annotate(f"{value:+.2f}", (x, limit), xytext=(4, -9), textcoords="offset points", fontsize=6, color=color)
 
 
 def _pair_view(table: pd.DataFrame, pipeline: str, percent: int, width: float) -> plt.Figure:
