@@ -76,6 +76,7 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 #                               same, lr 1e-3           -3.2 [-5.8, -0.5]   -0.048   1.17 / 0.94
 #                               same, 256 steps of 1    -1.8 [-4.7, +0.8]   -0.070   1.17 / 0.92   (vs 64 of 4: +1.3 [-0.3, +2.8];
 #                                                       compress's reported items: -3.1 vs -3.3, out of domain 1.22 vs 1.20)
+#   262k tokens (thesis)      patch + KD-LoRA, kd 0.5   -3.7 [-6.3, -1.0]   -0.035   1.13 / 0.81   (4x the tokens: the acc_norm gap stays)
 #   4k tokens (notebook 05)   patch + KD-LoRA, kd 1     -3.7 [-6.5, -0.8]   +0.019   1.42 / 1.27
 #                             patch + LoRA (CE only)    -4.0 [-6.8, -1.2]   +0.056   1.32 / 1.08
 #                             LoRA (CE only)            -6.0 [-8.7, -3.5]   +0.102   1.34 / 1.24
