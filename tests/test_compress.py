@@ -246,7 +246,7 @@ def test_training_batch_sets_the_optimizer_steps_and_evaluation_keeps_its_own():
 
     student = tiny_llama(num_layers=LAYERS)
     default = CompressConfig.from_profile("m", "0.8")
-    assert (default.train_batch, default.tokens // (default.train_batch * default.block_len)) == (4, 64)
+    assert (default.train_batch, default.tokens // (default.train_batch * default.block_len)) == (4, 32)
     plan, _ = heal_plan(CompressConfig("m", "0.8", heal="kd-lora", tokens=1024, train_batch=2, batch_size=8), student)
     assert plan.batch_size == 2  # blocks per optimizer step; batch_size only batches the perplexity forwards
     with pytest.raises(CompressConfigError, match="train_batch=0"):

@@ -44,6 +44,7 @@ from frankenllama.healing import (
 from frankenllama.healing.checkpoint import INDEX_FILE, LEGACY_FILE, decode, encode, rng_state, set_rng_state
 from frankenllama.healing.loop import HeldOut
 from frankenllama.healing.teacher import cached_teacher_targets, full_kl, sparse_kl
+from frankenllama.healing.trainer import RecipeTrainer
 from frankenllama.healing.patch import patchable_layers
 from frankenllama.models import decoder_layers
 from frankenllama.sublayer import prune_sublayers
@@ -583,3 +584,39 @@ def test_lora_and_patch_lower_eval_perplexity_of_pruned_smollm2(smollm2, eval_bl
     patched = heal(student, tok, HealConfig(recipe="linear-patch"), teacher=model, calib_blocks=calib,
                    eval_blocks=eval_blocks, progress=False)  # fmt: skip
     assert patched.ppl_after < patched.ppl_before
+
+
+@pytest.mark.parametrize("recipe, extra", [("lora", {}), ("kd-lora", {}), ("kd-lora", {"kd_temperature": 2.0}),
+                                           ("kd-lora", {"kd_weight": 1.0}), ("kd-lora", {"kd_top_k": 0})])
+def test_step_loss_and_gradients_are_the_textbook_formula(setup, recipe, extra):
+    """RecipeTrainer.loss (head on T-1 positions, one gather for the CE and the top-k) against the plain
+    formula on the full logits: nll_loss + kd_weight·T²·KL of the teacher's top-k (or full) distribution."""
+    teacher, student, _, train, _ = setup
+    config = HealConfig(recipe=recipe, tokens=64, batch_size=4, **extra)
+    trainer = RecipeTrainer(copy.deepcopy(student), config, total_steps=1, teacher=teacher)
+    ids = train[:4]
+    temp, k = config.kd_temperature, config.kd_top_k
+    with torch.no_grad():
+        t_logp = torch.log_softmax(teacher(input_ids=ids).logits[:, :-1].float() / temp, -1)
+    targets = (lambda top: (top.indices, top.values))(t_logp.topk(k)) if k else None
+    loss, parts = trainer.loss(ids, targets if config.trained_recipe.distill else None)
+    loss.backward()
+    got = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.model.zero_grad()
+
+    logits = trainer.model(input_ids=ids).logits[:, :-1].float()
+    log_p = torch.log_softmax(logits, -1)
+    ce = torch.nn.functional.nll_loss(log_p.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    if not config.trained_recipe.distill:
+        want = ce
+    else:
+        log_p_t = torch.log_softmax(logits / temp, -1)
+        with torch.no_grad():
+            t_logits = teacher(input_ids=ids).logits[:, :-1]
+        kl = sparse_kl(log_p_t, *targets) if k else full_kl(log_p_t, t_logits, temp)
+        want = (1 - config.kd_weight) * ce + config.kd_weight * temp**2 * kl
+        assert parts["kd"] == pytest.approx(float(kl), rel=1e-5, abs=1e-6)
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    want.backward()
+    assert got and all(torch.allclose(got[n], p.grad, rtol=1e-4, atol=1e-6) for n, p in trainer.model.named_parameters()
+                       if p.requires_grad)

@@ -66,6 +66,31 @@ def test_packed_scores_equal_separate_forward_passes(model, tokenizer, chat):
             assert value == pytest.approx(manual_loglik(model, tokenizer, context, continuation, chat), abs=1e-4)
 
 
+def test_shared_prefix_runs_once_and_scores_as_separate_passes(tokenizer):
+    """The chat template's common start is run once as a cache; the scores stay those of separate passes,
+    also when a block has no attention (nothing cached for it) or an MLP-less one."""
+    from frankenllama.eval.zero_shot import _shared_prefix, _units
+    from frankenllama.sublayer import prune_sublayers
+
+    units = _units(tokenizer, DOCS, True, None)
+    prefix = _shared_prefix(units)
+    assert tokenizer.decode(prefix) == "<user>" and all(len(u.context) > len(prefix) for u in units)
+    assert _shared_prefix(_units(tokenizer, DOCS, False, None)) == ()  # the plain contexts share nothing
+    model = prune_sublayers(tiny_llama(num_layers=3), [0, 3])  # block 0's attention, block 1's MLP
+    scores = score_docs(model, tokenizer, DOCS, chat_template=True, batch_size=2)
+    for doc, row in zip(DOCS, scores):
+        for (context, continuation), value in zip(doc.pairs(), row):
+            assert value == pytest.approx(manual_loglik(model, tokenizer, context, continuation, True), abs=1e-4)
+
+
+def test_shared_prefix_keeps_a_token_of_every_context():
+    from frankenllama.eval.zero_shot import _shared_prefix, _Unit
+
+    units = [_Unit((5, 6, 7), ((1,),), ((0, 0),)), _Unit((5, 6), ((2,),), ((1, 0),))]
+    assert _shared_prefix(units) == (5,)  # (5, 6) would leave the second row no context position
+    assert _shared_prefix(units[:1]) == (5, 6)
+
+
 def test_uniform_model_gives_hand_computed_loglik(tokenizer):
     """With zero (tied) embeddings every logit is 0, so each token costs exactly log V nats."""
     model = tiny_llama()

@@ -108,13 +108,16 @@ def cached_teacher_targets(
     return TeacherTargets(torch.from_numpy(arrays["indices"]), torch.from_numpy(arrays["logp"]), float(temperature)), bool(computed)
 
 
-def sparse_kl(student_logp: torch.Tensor, indices: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+def sparse_kl(student_logp: torch.Tensor, indices: torch.Tensor, teacher_logp: torch.Tensor,
+              s_top: torch.Tensor | None = None) -> torch.Tensor:
     """Mean per-position ``KL(p_t ‖ p_s)`` over the teacher's top-k tokens plus one "other" outcome.
 
     ``student_logp`` (B, T, V): the student's log-softmax at the targets' temperature (at T = 1 the
     same tensor serves the cross-entropy); ``indices``/``teacher_logp`` (B, T, k) from ``TeacherTargets``.
+    ``s_top``: ``student_logp.gather(-1, indices)`` when the caller has it already.
     """
-    s_top = student_logp.gather(-1, indices)  # (B, T, k)
+    if s_top is None:
+        s_top = student_logp.gather(-1, indices)  # (B, T, k)
     p_t = teacher_logp.exp()
     head = (p_t * (teacher_logp - s_top)).sum(-1)
     tail_t = (1 - p_t.sum(-1)).clamp_min(0)

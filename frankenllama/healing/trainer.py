@@ -246,27 +246,34 @@ class RecipeTrainer:
             grab_s = _Grab(s_mods)
             grab_t = _Grab([decoder_layers(self.teacher)[t] for _, t in self.cuts])
         try:
-            logits = self.forward(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+            # the head runs on the positions that predict a token only (no logits of the last one to slice
+            # off, whose backward would fill a (B, T, V) gradient with zeros)
+            keep = torch.arange(ids.shape[1] - 1, device=ids.device)
+            logits = self.forward(input_ids=ids, use_cache=False, logits_to_keep=keep).logits.float()  # (B, T-1, V)
             parts: dict[str, float] = {}
-            vocab = logits.shape[-1]
-            next_ids = ids[:, 1:]  # (B, T-1)
+            next_ids = ids[:, 1:, None]  # (B, T-1, 1)
             total = logits.new_zeros(())
             temp = cfg.kd_temperature
             log_p = F.log_softmax(logits, dim=-1)  # one full-vocabulary pass for the CE and, at T = 1, the KL
-            # Not frankenllama.loss.next_token_nll: it would redo this log-softmax for the KL, and its
-            # per-position NLL averaged differs from nll_loss's mean in the last float bits (logged losses).
             ce_w = 1.0 - cfg.kd_weight if self.recipe.distill else 1.0
+            sparse = self.recipe.distill and bool(cfg.kd_top_k)
+            if sparse:
+                if targets is None:
+                    raise ValueError("kd_top_k > 0: pass the batch's cached teacher targets (TeacherTargets.rows)")
+                indices, t_logp = (t.to(logits.device) for t in targets)
+            # The CE's target and, at T = 1, the teacher's top k read from log_p in one gather: its backward
+            # scatters into one (B, T-1, V) gradient where nll_loss and a second gather would fill two and add them.
+            shared = sparse and temp == 1.0
+            picked = log_p.gather(-1, torch.cat([next_ids, indices], -1) if shared else next_ids) \
+                if ce_w > 0 or shared else None  # (B, T-1, 1 [+ k])
             if ce_w > 0:
-                ce = F.nll_loss(log_p.reshape(-1, vocab), next_ids.reshape(-1))
+                ce = -picked[..., 0].mean()
                 total = total + ce_w * ce
                 parts["ce"] = float(ce.detach())
             if self.recipe.distill:
                 log_p_temp = log_p if temp == 1.0 else F.log_softmax(logits / temp, dim=-1)
-                if cfg.kd_top_k:
-                    if targets is None:
-                        raise ValueError("kd_top_k > 0: pass the batch's cached teacher targets (TeacherTargets.rows)")
-                    indices, t_logp = (t.to(logits.device) for t in targets)
-                    kl = sparse_kl(log_p_temp, indices, t_logp)
+                if sparse:
+                    kl = sparse_kl(log_p_temp, indices, t_logp, s_top=picked[..., 1:] if shared else None)
                 else:
                     with torch.no_grad():
                         t_logits = self.teacher(input_ids=ids, use_cache=False).logits[:, :-1]  # (B, T-1, V)
