@@ -68,7 +68,7 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 # olmo-passages blocks and zero-shot items (200 x ARC-Easy/PIQA/HellaSwag, seed 1) kept apart from the
 # reported ones, paired against the original (acc_norm in points, gold bits per byte, perplexity ratios
 # out / in domain; bench/zero_shot_recipe_probe.py):
-#   64k tokens (compress)     KD-LoRA rank 8            -4.3 [-6.8, -2.0]   +0.063   1.32 / 1.18
+#   64k (compress, <s15)      KD-LoRA rank 8            -4.3 [-6.8, -2.0]   +0.063   1.32 / 1.18
 #                             KD-LoRA rank 32           -3.5 [-6.2, -1.0]   +0.042   1.30 / 1.17   (rank 64: -4.7, +0.028, 1.30 / 1.17)
 #                             patch only (32k calib)    -4.7 [-7.3, -1.8]   +0.016   1.51 / 1.31
 #                             patch + KD-LoRA, kd 1     -2.2 [-4.7, +0.5]   -0.017   1.30 / 1.14   (pure distillation)
@@ -86,6 +86,9 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 # 1.20 to 1.08 out of domain (ShortGPT + LoRA: 1.11). The acc_norm differences between these rows are
 # inside their intervals. In-domain ratios below 1 are the instruct model adapting to plain prose.
 # (tried and not adopted: full-weight KD at lr 1e-4, -4.2 / +0.078; chat-formatted training text, -5.3 / +0.10).
+# Since session 15 compress trains on 32k tokens (it fits 15 minutes on the slow 2-core VMs); on compress's
+# reported items (150 per task, seed 0, not the development ones above) 32k gave -4.0 [-7.3, -0.9], -0.046,
+# 1.22 / 0.95 against 64k's -3.3 [-6.9, -0.2], -0.079, 1.20 / 0.91.
 LORA_RANK = 32
 OURS_HEAL_OPTIONS: tuple[tuple[str, Any], ...] = (("kd_weight", 0.5), ("lora_rank", LORA_RANK), ("lora_alpha", 2.0 * LORA_RANK))
 DOMAINS = {"in": "in", "ood": "out"}  # table stem -> paired_perplexity_table's domain (in: corpus, out: ood_corpus)
