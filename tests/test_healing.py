@@ -615,8 +615,8 @@ def test_step_loss_and_gradients_are_the_textbook_formula(setup, recipe, extra):
             t_logits = teacher(input_ids=ids).logits[:, :-1]
         kl = sparse_kl(log_p_t, *targets) if k else full_kl(log_p_t, t_logits, temp)
         want = (1 - config.kd_weight) * ce + config.kd_weight * temp**2 * kl
-        assert parts["kd"] == pytest.approx(float(kl), rel=1e-5, abs=1e-6)
-    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+        assert parts["kd"] == pytest.approx(float(kl.detach()), rel=1e-5, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
     want.backward()
     assert got and all(torch.allclose(got[n], p.grad, rtol=1e-4, atol=1e-6) for n, p in trainer.model.named_parameters()
                        if p.requires_grad)
