@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from _development import development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
+from _development import PART_SWAP_20, development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.eval.perplexity import perplexity
 from frankenllama.healing import TeacherStreams, heal, linear_patch
 from frankenllama.stages.common import DataConfig, shared_model
@@ -33,7 +33,6 @@ from frankenllama.stages.profiles import build
 from frankenllama.stages.recipe import OURS, applied_recipe
 from frankenllama.sublayer import prune_sublayers
 
-UNITS = [10, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37]  # part-swap k = 6 (figures/pruning_curve.csv)
 
 p = argparse.ArgumentParser()
 p.add_argument("--stage", choices=("patch", "recipe"), default="patch")
@@ -53,7 +52,7 @@ streams = TeacherStreams()
 runs = [None, *a.ridges] if a.stage == "patch" else a.ridges
 for ridge in runs:
     t0 = time.perf_counter()
-    student = prune_sublayers(teacher, UNITS)
+    student = prune_sublayers(teacher, PART_SWAP_20)
     if a.stage == "patch":
         fits = [] if ridge is None else linear_patch(student, teacher, calib, ridge=ridge, streams=streams)
         model, extra = student, {"rel_error": [f.rel_error for f in fits], "rel_error_identity": [f.rel_error_identity for f in fits]}

@@ -21,13 +21,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from _development import PART_SWAP_20  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.healing import HealConfig
-from frankenllama.healing.teacher import sparse_kl
+from frankenllama.healing.teacher import sparse_kl, teacher_targets
 from frankenllama.healing.trainer import RecipeTrainer
 from frankenllama.stages.common import shared_model
 from frankenllama.sublayer import prune_sublayers
 
-PART_SWAP_20 = [10, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37]  # 5.attn, 13.mlp, blocks 14-18
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--steps", type=int, default=6)
 a = p.parse_args()
@@ -37,9 +37,8 @@ teacher, _ = shared_model("smollm2-135m")
 student = prune_sublayers(teacher, PART_SWAP_20)
 config = HealConfig(recipe="kd-lora", tokens=4 * 256 * (a.steps + 1), batch_size=4, lora_rank=32, lora_alpha=64.0)
 batches = [torch.randint(0, teacher.config.vocab_size, (4, 256)) for _ in range(a.steps + 1)]
-with torch.no_grad():
-    targets = [(lambda top: (top.indices, top.values))(F.log_softmax(teacher(input_ids=ids).logits[:, :-1], -1).topk(64))
-               for ids in batches]
+top = teacher_targets(teacher, torch.cat(batches), temperature=1.0, top_k=64)  # what a heal caches, row by row
+targets = [top.rows(torch.arange(4 * i, 4 * i + 4)) for i in range(len(batches))]
 
 
 def plain_step(t: RecipeTrainer, ids: torch.Tensor, target: tuple[torch.Tensor, torch.Tensor]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _development import development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
+from _development import PART_SWAP_20, development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.eval.paired import paired_difference
 from frankenllama.eval.perplexity import perplexity
@@ -37,12 +37,11 @@ from frankenllama.paths import CACHE_DIR
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.sublayer import prune_sublayers
 
-PART_SWAP_20 = "10 27 28 29 30 31 32 33 34 35 36 37"  # 5.attn, 13.mlp, blocks 14-18: compress --target 0.843
 TASKS = ("arc_easy", "piqa", "hellaswag")
 RESULTS = Path(__file__).parent / "results" / "zero_shot_recipe_probe.jsonl"
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-p.add_argument("--units", default=PART_SWAP_20, help="sub-block ids to remove (2l attention, 2l+1 MLP)")
+p.add_argument("--units", default=" ".join(map(str, PART_SWAP_20)), help="sub-block ids to remove (2l attention, 2l+1 MLP)")
 p.add_argument("--load", default="", help="measure a saved model folder instead of cutting --units")
 p.add_argument("--recipe", default="none")
 p.add_argument("--tokens", type=int, default=65536)

@@ -43,7 +43,7 @@ from frankenllama.healing import (
 )
 from frankenllama.healing.checkpoint import INDEX_FILE, LEGACY_FILE, decode, encode, rng_state, set_rng_state
 from frankenllama.healing.loop import HeldOut
-from frankenllama.healing.teacher import cached_teacher_targets, full_kl, sparse_kl
+from frankenllama.healing.teacher import cached_teacher_targets, full_kl, sparse_kl, teacher_targets
 from frankenllama.healing.trainer import RecipeTrainer
 from frankenllama.healing.patch import patchable_layers
 from frankenllama.models import decoder_layers
@@ -596,9 +596,7 @@ def test_step_loss_and_gradients_are_the_textbook_formula(setup, recipe, extra):
     trainer = RecipeTrainer(copy.deepcopy(student), config, total_steps=1, teacher=teacher)
     ids = train[:4]
     temp, k = config.kd_temperature, config.kd_top_k
-    with torch.no_grad():
-        t_logp = torch.log_softmax(teacher(input_ids=ids).logits[:, :-1].float() / temp, -1)
-    targets = (lambda top: (top.indices, top.values))(t_logp.topk(k)) if k else None
+    targets = teacher_targets(teacher, ids, temp, k).rows(torch.arange(len(ids))) if k else None
     loss, parts = trainer.loss(ids, targets if config.trained_recipe.distill else None)
     loss.backward()
     got = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
