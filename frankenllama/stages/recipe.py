@@ -88,7 +88,15 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 # (tried and not adopted: full-weight KD at lr 1e-4, -4.2 / +0.078; chat-formatted training text, -5.3 / +0.10).
 # Since session 15 compress trains on 32k tokens (it fits 15 minutes on the slow 2-core VMs); on compress's
 # reported items (150 per task, seed 0, not the development ones above) 32k gave -4.0 [-7.3, -0.9], -0.046,
-# 1.22 / 0.95 against 64k's -3.3 [-6.9, -0.2], -0.079, 1.20 / 0.91.
+# 1.22 / 0.95 against 64k's -3.3 [-6.9, -0.2], -0.079, 1.20 / 0.91. Session 16, development items:
+#   32k (compress default)    patch + KD-LoRA, kd 0.5   -2.3 [-5.2, +0.5]   -0.037   1.17 / 0.96   <- the recipe
+#                             same, kd 1                -2.7 [-5.3, +0.2]   +0.005   1.32 / 1.15   (paired with the recipe:
+#                                                       -0.3 [-2.0, +1.3] points, +0.042 bpb, 1.13x out of domain)
+#                             kd 0.5 on the original's own chat answers (self-data distillation, arXiv:2410.09982;
+#                             bench/self_data_probe.py)  -5.2 [-8.0, -2.5]   +0.132   1.38 / 1.24   (paired with the
+#                                                       recipe: -2.8 [-5.2, -0.7] points, +0.168 bpb, 1.18x)
+# and part-swap calibrated on those answers instead of wiki-leads removes 6.attn instead of 5.attn, the rest the
+# same (bench/selection_data_probe.py): the cut hardly depends on the calibration text.
 LORA_RANK = 32
 OURS_HEAL_OPTIONS: tuple[tuple[str, Any], ...] = (("kd_weight", 0.5), ("lora_rank", LORA_RANK), ("lora_alpha", 2.0 * LORA_RANK))
 DOMAINS = {"in": "in", "ood": "out"}  # table stem -> paired_perplexity_table's domain (in: corpus, out: ood_corpus)
