@@ -5,7 +5,18 @@ eval split (``compress`` 32); the probes that chose the recipe read later blocks
 so a choice is not tuned on the text it is reported on. (``compress --profile thesis`` scores 64
 blocks, which overlap the out-of-domain ones here.)
 """
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
 from frankenllama.data import load_corpus, token_blocks
+from frankenllama.eval.paired import PairedDifference, paired_difference
+from frankenllama.eval.perplexity import perplexity
+from frankenllama.eval.zero_shot import evaluate_tasks
+from frankenllama.paths import CACHE_DIR
+from frankenllama.stages.common import shared_model
 
 OOD_BLOCKS = slice(48, 80)  # olmo-passages eval: out of domain
 IN_BLOCKS = slice(24, 40)  # wiki-leads eval: in domain (zero_shot_recipe_probe reads 32-56)
@@ -19,3 +30,61 @@ def development_blocks(tokenizer, in_blocks: slice = IN_BLOCKS, block_len: int =
     ood = token_blocks(tokenizer, load_corpus("olmo-passages", "eval"), block_len, max_blocks=OOD_BLOCKS.stop)
     ind = token_blocks(tokenizer, load_corpus("wiki-leads", "eval"), block_len, max_blocks=in_blocks.stop)
     return ood[OOD_BLOCKS], ind[in_blocks]
+
+
+# ---- the zero-shot development probes (zero_shot_recipe_probe, self_data_probe, pair_probes) ----
+# Zero-shot items drawn with seed 1 (the reports draw with seed 0) and wiki-leads eval blocks 32-55.
+DEV_TASKS = ("arc_easy", "piqa", "hellaswag")
+DEV_IN_BLOCKS = slice(32, 56)
+# (field of the results lines, stem of its interval fields, per-item column, scale, digits)
+METRICS = (("acc_norm", "acc", 0, 100.0, 2), ("prob_norm", "prob", 2, 100.0, 2), ("bpb", "bpb", 1, 1.0, 4))
+
+
+def saved_run(tag: str, items: int) -> Path:
+    """Where a tagged probe run's per-item scores live (``original``: the unpruned model's reference)."""
+    name = f"original_{items}_v2" if tag == "original" else f"{tag}_{items}"  # v2: items carry gold_prob_norm
+    return CACHE_DIR / f"zero_shot_probe_{name}.pkl"
+
+
+def measure(model, tokenizer, blocks, items: int) -> dict:
+    """Development perplexity (``blocks`` = (ood, ind)) and per-item (acc_norm, gold_bpb, gold_prob_norm)."""
+    scores = evaluate_tasks(model, tokenizer, DEV_TASKS, items, seed=1, chat_template=True)
+    per_item = {t: [(i.acc_norm, i.gold_bpb, i.gold_prob_norm) for i in scores[t].items] for t in DEV_TASKS}
+    ood, ind = blocks
+    return {"ood": perplexity(model, ood, batch_size=8), "ind": perplexity(model, ind, batch_size=8), "items": per_item}
+
+
+def original_scores(teacher, tokenizer, blocks, items: int) -> dict:
+    """The unpruned model's development scores, measured once and kept in the cache."""
+    path = saved_run("original", items)
+    if not path.exists():
+        path.write_bytes(pickle.dumps(measure(teacher, tokenizer, blocks, items)))
+    return pickle.loads(path.read_bytes())
+
+
+def paired(a: dict, b: dict) -> dict[str, PairedDifference]:
+    """``a − b`` of each metric over the same items (95 % paired bootstrap, stratified by task)."""
+    groups = np.concatenate([[t] * len(b["items"][t]) for t in DEV_TASKS])
+
+    def column(scores: dict, j: int, scale: float) -> np.ndarray:
+        return scale * np.concatenate([[s[j] for s in scores["items"][t]] for t in DEV_TASKS])
+
+    return {name: paired_difference(column(a, j, scale), column(b, j, scale), groups=groups)
+            for name, _, j, scale, _ in METRICS}
+
+
+def paired_row(got: dict, original: dict) -> dict[str, float]:
+    """A probe run's fields against the original: each metric's difference and interval, perplexity ratios."""
+    row, diffs = {}, paired(got, original)
+    for name, stem, _, _, digits in METRICS:
+        d = diffs[name]
+        row.update({name: round(d.diff, digits), f"{stem}_lo": round(d.low, digits), f"{stem}_hi": round(d.high, digits)})
+    return row | {"ood": round(got["ood"] / original["ood"], 4), "ind": round(got["ind"] / original["ind"], 4)}
+
+
+def development_run(items: int) -> tuple:
+    """A probe's start on 2 threads: the original model and tokenizer, the development blocks, its reference scores."""
+    torch.set_num_threads(2)
+    teacher, tokenizer = shared_model("smollm2-135m")
+    blocks = development_blocks(tokenizer, DEV_IN_BLOCKS)
+    return teacher, tokenizer, blocks, original_scores(teacher, tokenizer, blocks, items)

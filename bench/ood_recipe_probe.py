@@ -10,7 +10,7 @@ in-domain 1.297 / 1.478 against 1.239; not adopted).
 
     python bench/ood_recipe_probe.py --cut partswap --recipe kd-lora --tokens 32768 --kd-weight 1.0
 """
-import argparse, json, time, sys
+import argparse, json, time
 import torch
 from _development import development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.stages.common import DataConfig, shared_model

@@ -14,13 +14,7 @@ from __future__ import annotations
 import argparse
 import pickle
 
-import numpy as np
-
-from frankenllama.eval.paired import paired_difference
-from frankenllama.paths import CACHE_DIR
-
-TASKS = ("arc_easy", "piqa", "hellaswag")
-METRICS = (("acc_norm", 0, 100.0, "{:+.2f} pts"), ("prob_norm", 2, 100.0, "{:+.2f} pts"), ("gold_bpb", 1, 1.0, "{:+.4f}"))
+from _development import METRICS, paired, saved_run
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("a", help="tag of run A")
@@ -30,19 +24,17 @@ args = p.parse_args()
 
 
 def load(tag: str) -> dict:
-    name = f"zero_shot_probe_original_{args.items}_v2.pkl" if tag == "original" else f"zero_shot_probe_{tag}_{args.items}.pkl"
-    path = CACHE_DIR / name
+    path = saved_run(tag, args.items)
     if not path.exists():
         raise SystemExit(f"no saved probe run {tag!r} ({path}); run a probe with --tag {tag} --items {args.items} first")
     return pickle.loads(path.read_bytes())
 
 
-runs = {"a": load(args.a), "b": load(args.b)}
-groups = np.concatenate([[t] * len(runs["a"]["items"][t]) for t in TASKS])
-print(f"{args.a} - {args.b}, paired over {groups.size} items (95 % intervals, stratified by task)")
-for name, j, scale, fmt in METRICS:
-    x, y = (np.concatenate([[s[j] for s in r["items"][t]] for t in TASKS]) * scale for r in runs.values())
-    d = paired_difference(x, y, groups=groups)
-    print(f"  {name:9s} {fmt.format(d.diff)} [{fmt.format(d.low)}, {fmt.format(d.high)}]")
+a, b = load(args.a), load(args.b)
+print(f"{args.a} - {args.b}, paired over the same items (95 % intervals, stratified by task)")
+diffs = paired(a, b)
+for name, _, _, _, digits in METRICS:
+    d = diffs[name]
+    print(f"  {name:9s} {d.diff:+.{digits}f} [{d.low:+.{digits}f}, {d.high:+.{digits}f}]")
 for domain in ("ood", "ind"):
-    print(f"  perplexity {domain}: {runs['a'][domain] / runs['b'][domain]:.3f}x")
+    print(f"  perplexity {domain}: {a[domain] / b[domain]:.3f}x")

@@ -28,7 +28,7 @@ import torch
 from _development import PART_SWAP_20, development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
 from frankenllama.eval.perplexity import perplexity
 from frankenllama.healing import TeacherStreams, heal, linear_patch
-from frankenllama.stages.common import DataConfig, shared_model
+from frankenllama.stages.common import shared_model
 from frankenllama.stages.profiles import build
 from frankenllama.stages.recipe import OURS, applied_recipe
 from frankenllama.sublayer import prune_sublayers

@@ -26,21 +26,17 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from _development import PART_SWAP_20, development_blocks
+from _development import PART_SWAP_20, development_run, measure, paired_row, saved_run
 from frankenllama.data import load_corpus, token_blocks
-from frankenllama.eval.paired import paired_difference
-from frankenllama.eval.perplexity import perplexity
-from frankenllama.eval.zero_shot import apply_chat, evaluate_tasks
+from frankenllama.eval.zero_shot import apply_chat
 from frankenllama.healing import HealConfig
 from frankenllama.healing.pipeline import heal
 from frankenllama.paths import CACHE_DIR
-from frankenllama.stages.common import DataConfig, shared_model
+from frankenllama.stages.common import DataConfig
 from frankenllama.sublayer import prune_sublayers
 
-TASKS = ("arc_easy", "piqa", "hellaswag")
 RESULTS = Path(__file__).parent / "results" / "self_data_probe.jsonl"
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -52,16 +48,8 @@ p.add_argument("--plain", action="store_true", help="baseline: wiki-leads text o
 p.add_argument("--items", type=int, default=200)
 p.add_argument("--tag", default="")
 a = p.parse_args()
-torch.set_num_threads(2)
 t0 = time.time()
-teacher, tok = shared_model("smollm2-135m")
-ood, ind = development_blocks(tok, slice(32, 56))
-
-
-def measure(model) -> dict:
-    scores = evaluate_tasks(model, tok, TASKS, a.items, seed=1, chat_template=True)
-    items = {t: [(i.acc_norm, i.gold_bpb, i.gold_prob_norm) for i in scores[t].items] for t in TASKS}
-    return {"ood": perplexity(model, ood, batch_size=8), "ind": perplexity(model, ind, batch_size=8), "items": items}
+teacher, tok, blocks, original = development_run(a.items)
 
 
 def answers(n_tokens: int) -> tuple[list[str], float]:
@@ -98,8 +86,6 @@ def answers(n_tokens: int) -> tuple[list[str], float]:
     return texts, seconds
 
 
-reference = CACHE_DIR / f"zero_shot_probe_original_{a.items}_v2.pkl"
-original = pickle.loads(reference.read_bytes()) if reference.exists() else measure(teacher)
 n_blocks = a.tokens // 256
 n_plain = n_blocks if a.plain else round(a.mix * n_blocks)
 gen_s = 0.0
@@ -116,25 +102,11 @@ start = time.time()
 model = heal(prune_sublayers(teacher, list(PART_SWAP_20)), tok, config, train_blocks=train, teacher=teacher,
              calib_blocks=calib, eval_blocks=None, progress=False).model
 heal_s = time.time() - start
-got = measure(model)
-groups = np.concatenate([[t] * len(original["items"][t]) for t in TASKS])
-
-
-def column(scores: dict, j: int) -> np.ndarray:
-    return np.concatenate([[s[j] for s in scores["items"][t]] for t in TASKS])
-
-
-acc = paired_difference(100 * column(got, 0), 100 * column(original, 0), groups=groups)
-bpb = paired_difference(column(got, 1), column(original, 1), groups=groups)
-prob = paired_difference(100 * column(got, 2), 100 * column(original, 2), groups=groups)
+got = measure(model, tok, blocks, a.items)
 row = {"tag": a.tag, "tokens": a.tokens, "temp": a.temp, "new": a.new, "mix": 1.0 if a.plain else a.mix,
-       "acc_norm": round(acc.diff, 2), "acc_lo": round(acc.low, 2), "acc_hi": round(acc.high, 2),
-       "prob_norm": round(prob.diff, 2), "prob_lo": round(prob.low, 2), "prob_hi": round(prob.high, 2),
-       "bpb": round(bpb.diff, 4), "bpb_lo": round(bpb.low, 4), "bpb_hi": round(bpb.high, 4),
-       "ood": round(got["ood"] / original["ood"], 4), "ind": round(got["ind"] / original["ind"], 4),
-       "gen_s": round(gen_s), "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}  # fmt: skip
+       **paired_row(got, original), "gen_s": round(gen_s), "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}
 print(json.dumps(row))
 if a.tag:
-    (CACHE_DIR / f"zero_shot_probe_{a.tag}_{a.items}.pkl").write_bytes(pickle.dumps(got))
+    saved_run(a.tag, a.items).write_bytes(pickle.dumps(got))
 with RESULTS.open("a") as f:
     f.write(json.dumps(row) + "\n")

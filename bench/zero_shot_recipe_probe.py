@@ -22,22 +22,15 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from _development import PART_SWAP_20, development_blocks  # bench/_development.py (scripts run as python bench/<name>.py)
+from _development import PART_SWAP_20, development_run, measure, paired_row, saved_run  # bench/_development.py
 from frankenllama.data import load_corpus, token_blocks
-from frankenllama.eval.paired import paired_difference
-from frankenllama.eval.perplexity import perplexity
-from frankenllama.eval.zero_shot import apply_chat, evaluate_tasks
+from frankenllama.eval.zero_shot import apply_chat
 from frankenllama.healing import HealConfig
 from frankenllama.healing.pipeline import heal
 from frankenllama.models import load_model
-from frankenllama.paths import CACHE_DIR
-from frankenllama.stages.common import DataConfig, shared_model
+from frankenllama.stages.common import DataConfig
 from frankenllama.sublayer import prune_sublayers
 
-TASKS = ("arc_easy", "piqa", "hellaswag")
 RESULTS = Path(__file__).parent / "results" / "zero_shot_recipe_probe.jsonl"
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,24 +49,8 @@ p.add_argument("--chat", type=float, default=0.0,
 p.add_argument("--items", type=int, default=200)
 p.add_argument("--tag", default="")
 a = p.parse_args()
-torch.set_num_threads(2)
 t0 = time.time()
-teacher, tok = shared_model("smollm2-135m")
-ood, ind = development_blocks(tok, slice(32, 56))
-
-
-def measure(model) -> dict:
-    scores = evaluate_tasks(model, tok, TASKS, a.items, seed=1, chat_template=True)
-    items = {t: [(i.acc_norm, i.gold_bpb, i.gold_prob_norm) for i in scores[t].items] for t in TASKS}
-    return {"ood": perplexity(model, ood, batch_size=8), "ind": perplexity(model, ind, batch_size=8), "items": items}
-
-
-reference = CACHE_DIR / f"zero_shot_probe_original_{a.items}_v2.pkl"  # v2: items carry gold_prob_norm
-if reference.exists():
-    original = pickle.loads(reference.read_bytes())
-else:
-    original = measure(teacher)
-    reference.write_bytes(pickle.dumps(original))
+teacher, tok, blocks, original = development_run(a.items)
 
 model = load_model(a.load)[0] if a.load else prune_sublayers(teacher, [int(u) for u in a.units.split()])
 heal_s = 0.0
@@ -96,26 +73,12 @@ if a.recipe != "none":
     model = heal(model, tok, config, train_blocks=train, teacher=teacher, calib_blocks=calib, eval_blocks=None,
                  progress=False).model
     heal_s = time.time() - start
-got = measure(model)
-groups = np.concatenate([[t] * len(original["items"][t]) for t in TASKS])
-
-
-def column(scores: dict, j: int) -> np.ndarray:
-    return np.concatenate([[s[j] for s in scores["items"][t]] for t in TASKS])
-
-
-acc = paired_difference(100 * column(got, 0), 100 * column(original, 0), groups=groups)
-bpb = paired_difference(column(got, 1), column(original, 1), groups=groups)
-prob = paired_difference(100 * column(got, 2), 100 * column(original, 2), groups=groups)
+got = measure(model, tok, blocks, a.items)
 row = {"tag": a.tag, "units": "" if a.load else a.units, "load": a.load, "recipe": a.recipe, "tokens": a.tokens,
        "calib": a.calib, "len": a.len, "batch": a.batch, "lr": a.lr, "rank": a.rank, "kdw": a.kdw, "chat": a.chat,
-       "acc_norm": round(acc.diff, 2), "acc_lo": round(acc.low, 2), "acc_hi": round(acc.high, 2),
-       "prob_norm": round(prob.diff, 2), "prob_lo": round(prob.low, 2), "prob_hi": round(prob.high, 2),
-       "bpb": round(bpb.diff, 4), "bpb_lo": round(bpb.low, 4), "bpb_hi": round(bpb.high, 4),
-       "ood": round(got["ood"] / original["ood"], 4), "ind": round(got["ind"] / original["ind"], 4),
-       "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}  # fmt: skip
+       **paired_row(got, original), "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}  # fmt: skip
 print(json.dumps(row))
-if a.tag:  # the run's items, so that two runs can be paired with each other (same items, same blocks)
-    (CACHE_DIR / f"zero_shot_probe_{a.tag}_{a.items}.pkl").write_bytes(pickle.dumps(got))
+if a.tag:  # the run's items, so that two runs can be paired with each other (bench/pair_probes.py)
+    saved_run(a.tag, a.items).write_bytes(pickle.dumps(got))
 with RESULTS.open("a") as f:
     f.write(json.dumps(row) + "\n")
