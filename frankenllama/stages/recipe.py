@@ -90,6 +90,7 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 # reported items (150 per task, seed 0, not the development ones above) 32k gave -4.0 [-7.3, -0.9], -0.046,
 # 1.22 / 0.95 against 64k's -3.3 [-6.9, -0.2], -0.079, 1.20 / 0.91. Session 16, development items:
 #   32k (compress default)    patch + KD-LoRA, kd 0.5   -2.3 [-5.2, +0.5]   -0.037   1.17 / 0.96   <- the recipe
+#                               on 400 items per task   -2.1 [-4.1, -0.2]   -0.046                 (ARC-E -0.8, PIQA -2.2, HellaSwag -3.2)
 #                             same, kd 1                -2.7 [-5.3, +0.2]   +0.005   1.32 / 1.15   (paired with the recipe:
 #                                                       -0.3 [-2.0, +1.3] points, +0.042 bpb, 1.13x out of domain)
 #                             kd 0.5 on the original's own chat answers (self-data distillation, arXiv:2410.09982;
