@@ -35,6 +35,7 @@ from frankenllama.healing import HealConfig
 from frankenllama.healing.pipeline import heal
 from frankenllama.paths import CACHE_DIR
 from frankenllama.stages.common import DataConfig
+from frankenllama.stages.recipe import OURS_HEAL_OPTIONS, OURS_RECIPE
 from frankenllama.sublayer import prune_sublayers
 
 RESULTS = Path(__file__).parent / "results" / "self_data_probe.jsonl"
@@ -43,8 +44,8 @@ p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--tokens", type=int, default=32768)
 p.add_argument("--temp", type=float, default=0.7)
 p.add_argument("--new", type=int, default=192, help="new tokens per answer")
-p.add_argument("--mix", type=float, default=0.0, help="fraction of training blocks that are plain wiki-leads text")
-p.add_argument("--plain", action="store_true", help="baseline: wiki-leads text only (no generation)")
+p.add_argument("--mix", type=float, default=0.0,
+               help="fraction of training blocks that are plain wiki-leads text (1: the recipe as it is, no generation)")
 p.add_argument("--items", type=int, default=200)
 p.add_argument("--tag", default="")
 a = p.parse_args()
@@ -87,7 +88,7 @@ def answers(n_tokens: int) -> tuple[list[str], float]:
 
 
 n_blocks = a.tokens // 256
-n_plain = n_blocks if a.plain else round(a.mix * n_blocks)
+n_plain = round(a.mix * n_blocks)
 gen_s = 0.0
 parts = [token_blocks(tok, load_corpus("wiki-leads", "train"), 256, max_blocks=n_plain)] if n_plain else []
 if n_plain < n_blocks:
@@ -95,15 +96,15 @@ if n_plain < n_blocks:
     parts.append(token_blocks(tok, texts, 256, max_blocks=n_blocks - n_plain))
 train = torch.cat(parts)[torch.randperm(n_blocks, generator=torch.Generator().manual_seed(0))]
 print("training blocks", tuple(train.shape), flush=True)
-config = HealConfig(recipe="linear-patch+kd-lora", tokens=a.tokens, batch_size=4, kd_weight=0.5, lora_rank=32,
-                    lora_alpha=64.0, patch_tokens=32768, kd_top_k=64, seed=0)
+config = HealConfig(recipe=OURS_RECIPE, tokens=a.tokens, batch_size=4, patch_tokens=32768, kd_top_k=64, seed=0,
+                    **dict(OURS_HEAL_OPTIONS))  # the recipe: kd 0.5, LoRA rank 32
 calib = DataConfig("wiki-leads", "calib", 256, 128).blocks(tok, teacher)
 start = time.time()
 model = heal(prune_sublayers(teacher, list(PART_SWAP_20)), tok, config, train_blocks=train, teacher=teacher,
              calib_blocks=calib, eval_blocks=None, progress=False).model
 heal_s = time.time() - start
 got = measure(model, tok, blocks, a.items)
-row = {"tag": a.tag, "tokens": a.tokens, "temp": a.temp, "new": a.new, "mix": 1.0 if a.plain else a.mix,
+row = {"tag": a.tag, "tokens": a.tokens, "temp": a.temp, "new": a.new, "mix": a.mix,
        **paired_row(got, original), "gen_s": round(gen_s), "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}
 print(json.dumps(row))
 if a.tag:
