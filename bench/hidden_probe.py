@@ -10,12 +10,13 @@ Measured as bench/zero_shot_recipe_probe.py does: development items and blocks, 
 original, per-item scores saved under ``--tag`` so that ``bench/pair_probes.py`` pairs two runs. ``--layers all``
 matches every kept block's output instead, against the teacher's stream where the next kept block reads it.
 
-Session 17, 32k tokens (results/hidden_probe.jsonl), paired against the recipe (``s16-kd05-32k``) on the same items:
-    at the cut, weight 1      -2.7 points acc_norm   -0.3 [-0.8, +0.0] vs the recipe, +0.002 bits per byte, 1.00x out of domain
-    every block, weight 1     -2.8                   -0.5 [-1.2, +0.0], +0.003, 1.005x
-    every block, weight 10    -2.3                   +0.0 [-1.2, +1.2], +0.006, 1.03x
-The relative error of the streams ends at 0.003 (cut) and 0.013-0.016 (mean over blocks): the patch and the
-logit distillation already hold them close, and the extra term changes the answer on a handful of items. Not adopted.
+Session 17, 32k tokens (results/hidden_probe.jsonl); acc_norm in points against the original, then paired against
+the recipe (``s16-kd05-32k``, -2.3) on the same items with gold bits per byte and out-of-domain perplexity:
+    at the cut, weight 1      -2.7      -0.3 [-0.8, +0.0]   +0.002 bpb   1.00x
+    every block, weight 1     -2.8      -0.5 [-1.2, +0.0]   +0.003       1.005x
+    every block, weight 10    -2.3      +0.0 [-1.2, +1.2]   +0.006       1.03x
+The relative squared error of the streams ends at 0.003 (cut) and 0.013-0.016 (mean over blocks); the extra
+term changes the answer on a handful of items. Not adopted.
 
     python bench/hidden_probe.py --hidden 1 --tag s17-hidden1-32k
     python bench/hidden_probe.py --hidden 10 --layers all --tag s17-hiddenall10-32k
@@ -31,8 +32,7 @@ from pathlib import Path
 
 from _development import PART_SWAP_20, development_run, measure, paired_row, saved_run
 from frankenllama.data import load_corpus, token_blocks
-from frankenllama.healing import HealConfig
-from frankenllama.healing import trainer
+from frankenllama.healing import HealConfig, trainer
 from frankenllama.healing.pipeline import heal
 from frankenllama.stages.common import DataConfig
 from frankenllama.stages.recipe import OURS_HEAL_OPTIONS, OURS_RECIPE
@@ -43,7 +43,7 @@ RESULTS = Path(__file__).parent / "results" / "hidden_probe.jsonl"
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--tokens", type=int, default=32768)
-p.add_argument("--hidden", type=float, default=1.0, help="weight of the hidden-state error at the cut")
+p.add_argument("--hidden", type=float, default=1.0, help="weight of the hidden-state error (HealConfig.hidden_weight)")
 p.add_argument("--layers", choices=("cut", "all"), default="cut",
                help="cut: the stream at each cut (HealConfig.hidden_weight); all: every kept block's output against the "
                     "teacher's same block, averaged (Minitron's intermediate states; probe only)")
