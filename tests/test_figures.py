@@ -56,6 +56,22 @@ def test_pareto_error_bars_are_the_paired_intervals(tmp_path):
     plt.close(fig)
 
 
+def test_pareto_markers_offset_sideways_stay_inside_the_axes(tmp_path):
+    # five variants of one size, the smallest model: the outermost is drawn 8 points left of its x value
+    names = [f"variant-{i}" for i in range(5)]
+    table = pd.DataFrame({"params_M": [134.5] + [113.3] * 5, "decode_ms_b1": [58.6] + [48.8 + 0.2 * i for i in range(5)],
+                          "average": [48.7, 43.3, 44.7, 44.7, 42.7, 43.3]}, index=[BASELINE, *names])  # fmt: skip
+    style.set_style()
+    fig = evaluation.pareto_figure(table, tmp_path, "pareto_offsets")
+    fig.canvas.draw()
+    for ax in fig.axes:
+        radius = 5 / 2 * fig.dpi / 72  # markers are 5 points wide
+        for bars in ax.containers:
+            x, _ = bars.lines[0].get_transform().transform(bars.lines[0].get_xydata())[0]
+            assert ax.bbox.x0 + radius <= x <= ax.bbox.x1 - radius, f"{bars.get_label()} is cut by the axes in {ax.get_xlabel()!r}"
+    plt.close(fig)
+
+
 def figure_calls(sim):
     """(file stem, call writing it) for every figure function of every figure module."""
     table = comparison_table(STAGE)

@@ -48,6 +48,7 @@ def _points(ax: plt.Axes, x: pd.Series, y: pd.Series, yerr: pd.DataFrame | None)
                     **style)  # fmt: skip
     if BASELINE in y.index:
         ax.scatter(x[BASELINE], y[BASELINE], color=PALETTE[-1], marker="*", s=60, zorder=4, label=BASELINE)
+    ax.margins(x=0.1)  # room for the sideways offsets: at the default 5 % the outermost marker met the axis
     ax.autoscale_view()
 
 
