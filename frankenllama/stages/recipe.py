@@ -99,7 +99,8 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 # and part-swap calibrated on those answers instead of wiki-leads removes 6.attn instead of 5.attn, the rest the
 # same (bench/selection_data_probe.py): the cut hardly depends on the calibration text. Session 17, the residual
 # stream distilled too (Minitron's intermediate states; online teacher, full-vocabulary KL; bench/hidden_probe.py):
-#                             + stream at the cut, w 1   -2.7 [-5.5, +0.2]   -0.035   1.17 / 0.97   (vs the recipe -0.3 [-0.8, 0.0])
+#                             online full-vocabulary KL  -2.7 [-5.5, +0.2]   -0.035   1.17 / 0.97   (vs the recipe's cached top 64: -0.3 [-0.8, 0.0])
+#                             + stream at the cut, w 1   -2.7 [-5.5, +0.2]   -0.035   1.17 / 0.97   (every item answered as in the line above)
 #                             + every block's output, w 10 -2.3 [-5.0, +0.5] -0.031   1.21 / 0.99   (vs the recipe 0.0 [-1.2, +1.2])
 LORA_RANK = 32
 OURS_HEAL_OPTIONS: tuple[tuple[str, Any], ...] = (("kd_weight", 0.5), ("lora_rank", LORA_RANK), ("lora_alpha", 2.0 * LORA_RANK))
