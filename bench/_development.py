@@ -5,6 +5,7 @@ eval split (``compress`` 32); the probes that chose the recipe read later blocks
 so a choice is not tuned on the text it is reported on. (``compress --profile thesis`` scores 64
 blocks, which overlap the out-of-domain ones here.)
 """
+import json
 import pickle
 from pathlib import Path
 
@@ -88,3 +89,13 @@ def development_run(items: int) -> tuple:
     teacher, tokenizer = shared_model("smollm2-135m")
     blocks = development_blocks(tokenizer, DEV_IN_BLOCKS)
     return teacher, tokenizer, blocks, original_scores(teacher, tokenizer, blocks, items)
+
+
+def record(row: dict, got: dict, tag: str, items: int, results: Path) -> None:
+    """Print a probe run's results line and append it to ``results``; with a ``tag``, keep its per-item
+    scores (``saved_run``) so that two runs can be paired with each other (bench/pair_probes.py)."""
+    print(json.dumps(row))
+    if tag:
+        saved_run(tag, items).write_bytes(pickle.dumps(got))
+    with results.open("a") as f:
+        f.write(json.dumps(row) + "\n")

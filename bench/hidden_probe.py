@@ -26,12 +26,10 @@ term changes the answer on a handful of items. Not adopted.
 from __future__ import annotations
 
 import argparse
-import json
-import pickle
 import time
 from pathlib import Path
 
-from _development import PART_SWAP_20, development_run, measure, paired_row, saved_run
+from _development import PART_SWAP_20, development_run, measure, paired_row, record
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.healing import HealConfig, trainer
 from frankenllama.healing.pipeline import heal
@@ -47,7 +45,7 @@ p.add_argument("--tokens", type=int, default=32768)
 p.add_argument("--hidden", type=float, default=1.0, help="weight of the hidden-state error (HealConfig.hidden_weight)")
 p.add_argument("--layers", choices=("cut", "all"), default="cut",
                help="cut: the stream at each cut (HealConfig.hidden_weight); all: every kept block's output against the "
-                    "teacher's same block, averaged (Minitron's intermediate states; probe only)")
+                    "teacher's stream where the next kept block reads it, averaged (Minitron's intermediate states; probe only)")
 p.add_argument("--items", type=int, default=200)
 p.add_argument("--tag", default="")
 a = p.parse_args()
@@ -73,8 +71,4 @@ got = measure(result.model, tok, blocks, a.items)
 last = result.losses[-1] if result.losses else {}
 row = {"tag": a.tag, "tokens": a.tokens, "hidden": a.hidden, "layers": a.layers, **paired_row(got, original),
        "final_hidden": round(last["hidden"], 4) if "hidden" in last else None, "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}
-print(json.dumps(row))
-if a.tag:
-    saved_run(a.tag, a.items).write_bytes(pickle.dumps(got))
-with RESULTS.open("a") as f:
-    f.write(json.dumps(row) + "\n")
+record(row, got, a.tag, a.items, RESULTS)

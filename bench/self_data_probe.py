@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import re
 import time
 from pathlib import Path
 
 import torch
 
-from _development import PART_SWAP_20, development_run, measure, paired_row, saved_run
+from _development import PART_SWAP_20, development_run, measure, paired_row, record
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.eval.zero_shot import apply_chat
 from frankenllama.healing import HealConfig
@@ -106,8 +105,4 @@ heal_s = time.time() - start
 got = measure(model, tok, blocks, a.items)
 row = {"tag": a.tag, "tokens": a.tokens, "temp": a.temp, "new": a.new, "mix": a.mix,
        **paired_row(got, original), "gen_s": round(gen_s), "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}
-print(json.dumps(row))
-if a.tag:
-    saved_run(a.tag, a.items).write_bytes(pickle.dumps(got))
-with RESULTS.open("a") as f:
-    f.write(json.dumps(row) + "\n")
+record(row, got, a.tag, a.items, RESULTS)

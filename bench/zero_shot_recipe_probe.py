@@ -16,13 +16,11 @@ their wall times are not comparable (some ran beside another job on the 2 cores)
 from __future__ import annotations
 
 import argparse
-import json
-import pickle
 import re
 import time
 from pathlib import Path
 
-from _development import PART_SWAP_20, development_run, measure, paired_row, saved_run  # bench/_development.py
+from _development import PART_SWAP_20, development_run, measure, paired_row, record  # bench/_development.py
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.eval.zero_shot import apply_chat
 from frankenllama.healing import HealConfig
@@ -77,8 +75,4 @@ got = measure(model, tok, blocks, a.items)
 row = {"tag": a.tag, "units": "" if a.load else a.units, "load": a.load, "recipe": a.recipe, "tokens": a.tokens,
        "calib": a.calib, "len": a.len, "batch": a.batch, "lr": a.lr, "rank": a.rank, "kdw": a.kdw, "chat": a.chat,
        **paired_row(got, original), "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}  # fmt: skip
-print(json.dumps(row))
-if a.tag:  # the run's items, so that two runs can be paired with each other (bench/pair_probes.py)
-    saved_run(a.tag, a.items).write_bytes(pickle.dumps(got))
-with RESULTS.open("a") as f:
-    f.write(json.dumps(row) + "\n")
+record(row, got, a.tag, a.items, RESULTS)
