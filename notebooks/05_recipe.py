@@ -11,7 +11,7 @@
 # ---
 
 # %% tags=["parameters"]
-profile = "default"  # "default" (2 CPU cores, ~12 min), "smoke" (tests) or "thesis" (every item, 64k tokens; a GPU)
+profile = "default"  # "default" (2 CPU cores, ~13 min), "smoke" (tests) or "thesis" (every item, 64k tokens; a GPU)
 model = ""  # registry name, local transformers folder or GGUF file; empty: the profile's (smollm2-135m)
 corpus = ""  # in-domain corpus (train / calib / eval splits); empty: wiki-leads
 overrides = {}  # single settings, e.g. {"recipe.healing.tokens": 8192, "recipe.ours": ["swap-search", "kd-lora"]}

@@ -70,6 +70,9 @@ def test_pareto_front():
 def test_config_validation():
     with pytest.raises(ValueError):
         EvaluationConfig(ppl_blocks=0)
+    with pytest.raises(ValueError, match="fidelity_blocks >= 0"):
+        EvaluationConfig(fidelity_blocks=-1)
+    assert EvaluationConfig(fidelity_blocks=0).fidelity_blocks == 0  # no fidelity (notebook 05)
     with pytest.raises(ValueError):
         EvaluationConfig(max_variants=-1)
 

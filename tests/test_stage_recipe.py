@@ -60,7 +60,7 @@ def workbook(tmp_path, monkeypatch):
     healing = HealingStageConfig(model=model, corpus=text, tokens=64, block_len=16, batch_size=2, eval_blocks=1,
                                  patch_tokens=64, kd_top_k=8, variant_prefix=None)  # fmt: skip
     evaluation = EvaluationConfig(model=model, tasks=TaskEvalConfig((str(task),)), corpus=text, ood_corpus=text,
-                                  block_len=16, ppl_blocks=3, fidelity_blocks=1, speed=SpeedConfig((1,), 4, 2, 1, warmup=0, threads=1), prompts=(),
+                                  block_len=16, ppl_blocks=3, fidelity_blocks=0, speed=SpeedConfig((1,), 4, 2, 1, warmup=0, threads=1), prompts=(),
                                   max_new_tokens=1, exclude_prefix=None)  # fmt: skip
     config = RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, ours=OURS_DEFAULT, ks=(1, 2),
                                zero_shot_ks=(2,), variant_prefix="t-recipe", n_boot=200)  # fmt: skip
@@ -93,6 +93,7 @@ def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook):
     assert nlls[2]["t-recipe-40-sleb"]["block_nll"] == pytest.approx(direct, rel=1e-5)
     assert set(nlls[1]) == {BASELINE, *runs[runs.k == 1].variant}  # one evaluation per ratio, its variants only
     assert nlls[1]["t-recipe-20-sleb"]["tasks"] == {} and nlls[2]["t-recipe-40-sleb"]["tasks"]  # zero-shot at k = 2
+    assert all(r["kl"] is None and r["top1_agreement"] is None for e in nlls.values() for r in e.values())  # no fidelity
 
     table = study_table(study)
     row = table[(table.percent == 40) & (table.pipeline == "sleb")].iloc[0]

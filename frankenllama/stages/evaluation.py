@@ -63,7 +63,8 @@ class EvaluationConfig:
         corpus: text corpus for perplexity and fidelity (its ``eval`` split): the in-domain text.
         ood_corpus: out-of-domain corpus for a second perplexity (its ``eval`` split; ``None``: skip).
         block_len: tokens per eval block; ``ppl_blocks`` blocks of each domain and ``fidelity_blocks``
-            of the in-domain ones are used.
+            of the in-domain ones are used (``fidelity_blocks = 0``: no fidelity, ``kl`` and
+            ``top1_agreement`` are ``None``; notebook 05 shows neither).
         speed: how prefill / decode are timed.
         prompts: prompts of the side-by-side greedy generations; ``max_new_tokens`` each.
         variant_prefix: only variants whose name starts with it (``""``: all) ...
@@ -100,8 +101,9 @@ class EvaluationConfig:
             raise TypeError(f"variants must be a tuple of variant names, e.g. ({self.variants!r},)")
         if self.variants is not None:
             object.__setattr__(self, "variants", tuple(self.variants))
-        if self.block_len < 2 or self.ppl_blocks < 1 or self.fidelity_blocks < 1:
-            raise ValueError("block_len must be >= 2 and ppl_blocks, fidelity_blocks >= 1")
+        if self.block_len < 2 or self.ppl_blocks < 1 or self.fidelity_blocks < 0:
+            raise ValueError(f"block_len must be >= 2, ppl_blocks >= 1 and fidelity_blocks >= 0 (0: no fidelity), got "
+                             f"{self.block_len}, {self.ppl_blocks}, {self.fidelity_blocks}")
         if self.max_variants is not None and self.max_variants < 0:
             raise ValueError(f"max_variants must be >= 0 or None, got {self.max_variants}")
         if self.max_new_tokens < 1:
@@ -158,7 +160,7 @@ def evaluate_model(
     t = config.tasks
     tasks = {} if t is None else evaluate_tasks(model, tokenizer, t.tasks, t.limit, t.seed, t.chat_template,
                                                 t.batch_size, t.max_batch_tokens)  # fmt: skip
-    fid = next_token_fidelity(reference, model, fidelity_ids)
+    fid = next_token_fidelity(reference, model, fidelity_ids) if len(fidelity_ids) else None
     ppl, nll = _perplexity(model, ppl_ids)
     ppl_ood, nll_ood = _perplexity(model, ood_ids) if ood_ids is not None else (None, None)
     return {
@@ -167,8 +169,8 @@ def evaluate_model(
         "perplexity_ood": ppl_ood,
         "block_nll": nll,  # mean NLL of each in-domain block, the same blocks for every model
         "block_nll_ood": nll_ood,
-        "kl": fid.kl,
-        "top1_agreement": fid.top1_agreement,
+        "kl": None if fid is None else fid.kl,
+        "top1_agreement": None if fid is None else fid.top1_agreement,
         "layers": len(decoder_layers(model)),
     }
 
@@ -248,8 +250,8 @@ def comparison_table(stage: dict[str, Any], metric: str = "acc_norm") -> pd.Data
         table.loc[name, "ppl_in_domain"] = res["perplexity"]
         ood = res.get("perplexity_ood")
         table.loc[name, "ppl_out_of_domain"] = np.nan if ood is None else ood
-        table.loc[name, "kl"] = res["kl"]
-        table.loc[name, "top1_%"] = 100 * res["top1_agreement"]
+        table.loc[name, "kl"] = np.nan if res["kl"] is None else res["kl"]
+        table.loc[name, "top1_%"] = np.nan if res["top1_agreement"] is None else 100 * res["top1_agreement"]
     table["params_M"] = speed["params"] / 1e6
     table["size_bf16_MB"] = speed["bytes_bf16"] / 2**20
     for col in [c for c in speed.columns if c.startswith(("prefill_tps", "decode_tps")) and c.endswith("_speedup")]:

@@ -100,14 +100,15 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         fidelity_blocks=4, speed=SpeedConfig((1, 8), 64, 16, 2, warmup=1, threads=1),
                         max_new_tokens=32, variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None,
                         study_variants_only=True),
-        # notebook 05 (~12 min, 747 s in the measured chain): 4k training tokens per trained pipeline (8 steps of 4 x 128),
-        # LoRA of the recipe's rank for every LoRA pipeline (the peers get the same adapter size), 32k calibration
-        # tokens for every linear patch (compress's; forward passes only, ~20 s a fit; with 4k the 576 x 576
-        # least-squares map overfits wiki-leads: the recipe's out-of-domain perplexity at 20 % was 1.90x the
-        # original's, 1.58x with 32k), perplexity on 6 blocks of 256 tokens per domain at every ratio, zero-shot
-        # (40 items x 3 tasks) at 20 % only
+        # notebook 05 (9 min on the Intel VM, 13 min on the slowest AMD one; README): 4k training tokens per
+        # trained pipeline (8 steps of 4 x 128), LoRA of the recipe's rank for every LoRA pipeline (the peers get the
+        # same adapter size), 32k calibration tokens for every linear patch (compress's; forward passes only, ~20 s
+        # a fit; with 4k the 576 x 576 least-squares map overfits wiki-leads: the recipe's out-of-domain perplexity
+        # at 20 % was 1.90x the original's, 1.58x with 32k), perplexity on 6 blocks of 256 tokens per domain at
+        # every ratio, zero-shot (40 items x 3 tasks) at 20 % only; no held-out perplexity inside the heals and no
+        # fidelity (the evaluation measures each model once; the notebook shows no KL)
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=(6,), n_boot=1000,
-                    healing=dict(tokens=4096, block_len=128, batch_size=4, eval_blocks=2, patch_tokens=32768, lora_rank=LORA_RANK),
+                    healing=dict(tokens=4096, block_len=128, batch_size=4, patch_tokens=32768, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=("arc_easy", "piqa", "hellaswag"), limit=40, block_len=256, ppl_blocks=6)),
         # 10 / 20 / 30 % of SmolLM2's 30 blocks: the best whole-block cut unhealed, and the recipe at the same size
         # as notebook 05 made it (read back, nothing healed twice); ~2 min of notebook 06 on an idle machine
@@ -126,7 +127,7 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         speed=SpeedConfig((1, 2), 16, 3, 1, warmup=0, threads=1), max_new_tokens=8,
                         variant_prefix="smoke-", exclude_prefix=None, max_variants=1),
         recipe=dict(ks=(1, 2), ours=OURS_DEFAULT, zero_shot_ks=(2,), n_boot=200, variant_prefix="smoke-recipe",
-                    healing=dict(tokens=128, block_len=64, batch_size=2, eval_blocks=1, patch_tokens=1024, lora_rank=LORA_RANK),
+                    healing=dict(tokens=128, block_len=64, batch_size=2, patch_tokens=1024, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=("arc_easy", "piqa"), limit=4, block_len=64, ppl_blocks=2)),
         deployment=dict(prune_ks=(2,), qtypes=("f16", "q4_0"), data=(32, 2), ood=(32, 1),
                         prompt_tokens=16, decode_tokens=4, repeats=1, threads=1),
@@ -142,7 +143,7 @@ _SETTINGS: dict[str, dict[str, Any]] = {
                         speed=SpeedConfig((1, 8), 128, 32, 5, warmup=2, threads=None), max_new_tokens=64,
                         variant_prefix="", exclude_prefix=("smoke-", "recipe-", "deploy-"), max_variants=None),
         recipe=dict(ks=STUDY_KS, ours=OURS_DEFAULT, zero_shot_ks=None, n_boot=2000,
-                    healing=dict(tokens=65536, block_len=512, batch_size=8, eval_blocks=8, patch_tokens=65536, lora_rank=LORA_RANK),
+                    healing=dict(tokens=65536, block_len=512, batch_size=8, patch_tokens=65536, lora_rank=LORA_RANK),
                     evaluation=dict(tasks=DEFAULT_TASKS, limit=None, block_len=512, ppl_blocks=64)),
         deployment=dict(prune_ks=STUDY_KS, qtypes=("f16", "q8_0", "q4_0"), data=(512, 64), ood=(512, 32),
                         prompt_tokens=512, decode_tokens=128, repeats=5, threads=4),
@@ -211,7 +212,8 @@ def _recipe_config(settings: dict[str, Any], model: str, corpus: str, pruning: P
     e = dict(r.pop("evaluation"))
     tasks = TaskEvalConfig(e.pop("tasks"), limit=e.pop("limit"), chat_template=True)
     speed = SpeedConfig((1,), 8, 2, 1, warmup=0, threads=1)  # the evaluation stage always times; keep it cheap
-    evaluation = EvaluationConfig(model=model, tasks=tasks, corpus=corpus, fidelity_blocks=1, speed=speed, prompts=(),
+    # no fidelity (notebook 05 shows no KL or top-1 agreement), no generations
+    evaluation = EvaluationConfig(model=model, tasks=tasks, corpus=corpus, fidelity_blocks=0, speed=speed, prompts=(),
                                   max_new_tokens=1, **e)  # its variants are set per ratio (RecipeStudyConfig)
     return RecipeStudyConfig(pruning=pruning, healing=healing, evaluation=evaluation, **r)
 

@@ -140,7 +140,8 @@ class RecipeStudyConfig:
     Attributes:
         pruning: notebook 02's config; its cached curves give every strategy's choice at each k.
         healing: the shared healing settings (token budget, block length, batch, patch tokens,
-            distillation targets, seed); its ``recipes`` and ``variant_prefix`` are not used.
+            distillation targets, seed); its ``recipes``, ``variant_prefix`` and held-out settings
+            (``eval_blocks``, ``eval_every``) are not used: ``evaluation`` measures every model.
         evaluation: how models are measured: perplexity blocks of both domains (``block_len``,
             ``ppl_blocks``, ``ood_corpus``) and zero-shot items; its variants are set per ratio.
         ks: blocks' worth removed (3, 6, 9 of SmolLM2's 30 = 10, 20, 30 % of the decoder).
@@ -251,9 +252,9 @@ def run_pipeline(config: RecipeStudyConfig, name: str, k: int, curves: pd.DataFr
     else:
         base = dataclasses.replace(config.healing.heal_config(), recipe=recipe, eval_every=0, patch_layers=patched,
                                    **dict(pipe.heal))
+        # no held-out blocks: the evaluation stage measures every model once, on more blocks, in both domains
         result = heal(student, tokenizer, base, train_blocks=data["train"], teacher=teacher, calib_blocks=data["calib"],
-                      eval_blocks=data["heal_eval"], out_dir=variant_path(variant), meta=meta,
-                      teacher_streams=data["streams"])
+                      out_dir=variant_path(variant), meta=meta, teacher_streams=data["streams"])
         heal_s, tokens, calib = result.wall_time_s, result.tokens_seen, result.calib_tokens
         result.model = None
     del student
@@ -297,7 +298,6 @@ def run_pipelines(config: RecipeStudyConfig, ks: tuple[int, ...] | None = None,
     curves = pruning_stage(config.pruning)
     h = config.healing
     data = {"train": h.data("train").blocks(tokenizer, teacher), "calib": h.data("calib").blocks(tokenizer, teacher),
-            "heal_eval": h.data("eval").blocks(tokenizer, teacher),
             "streams": TeacherStreams()}  # one teacher pass over the calibration blocks for every linear patch
     return [run_pipeline(config, name, k, curves, data) for k in ks for name in pipelines]
 

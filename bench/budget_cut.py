@@ -1,0 +1,38 @@
+"""Print the sub-block ids a strategy removes at k blocks' worth of parameters, on a profile's calibration.
+
+The ids are what ``bench/zero_shot_recipe_probe.py --units`` takes (2l: block l's attention, 2l + 1:
+its MLP), so a cut that notebook 02 does not run by default (``blockpruner``: BlockPruner's greedy
+over sub-blocks, Zhong et al. 2024) can be healed and measured on the development items:
+
+    python bench/budget_cut.py --strategy blockpruner --k 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from frankenllama.budget import Budget, count_params, fit_budget, unit_params
+from frankenllama.selection import get_strategy
+from frankenllama.stages import scoring_context
+from frankenllama.stages.profiles import build
+from frankenllama.units import describe, layer_units
+
+p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p.add_argument("--strategy", default="blockpruner")
+p.add_argument("--k", type=int, default=6, help="blocks' worth of parameters removed")
+p.add_argument("--profile", default="default", help="whose calibration blocks and search settings")
+p.add_argument("--steps", type=int, default=26,
+               help="run a greedy search this far at once first (each later extension starts with a full, unshortlisted step)")
+a = p.parse_args()
+t0 = time.time()
+ctx = scoring_context(build(a.profile).pruning)
+spec = get_strategy(a.strategy)
+if spec.nested and a.steps:
+    ctx.greedy(a.steps, spec.granularity)  # type: ignore[arg-type]
+total, blocks = count_params(ctx.model), unit_params(ctx.model, "layer")
+fit = fit_budget(ctx, Budget(params=int(total - round(a.k * blocks.mean()))), a.strategy)
+units = fit.removed if spec.granularity == "sublayer" else layer_units(fit.removed)
+print(f"{a.strategy} at {a.k} blocks' worth: {describe(units)}; {fit.num_params / 1e6:.2f} M parameters "
+      f"({count_params(ctx.model) / 1e6:.2f} M before); {time.time() - t0:.0f} s")
+print("--units", " ".join(map(str, units)))
