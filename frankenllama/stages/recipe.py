@@ -102,6 +102,9 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 #                             online full-vocabulary KL  -2.7 [-5.5, +0.2]   -0.035   1.17 / 0.97   (vs the recipe's cached top 64: -0.3 [-0.8, 0.0])
 #                             + stream at the cut, w 1   -2.7 [-5.5, +0.2]   -0.035   1.17 / 0.97   (every item answered as in the line above)
 #                             + every block's output, w 10 -2.3 [-5.0, +0.5] -0.031   1.21 / 0.99   (vs the recipe 0.0 [-1.2, +1.2])
+# Session 18, another cut at the same size: BlockPruner's sub-block greedy (bench/budget_cut.py; blocks 3, 5, 6, the
+# MLPs of 4 and 12, six more attentions), healed the same way:
+#                             blockpruner's cut          -6.3 [-9.7, -3.2]   +0.152   1.43 / 1.27   (vs the recipe -4.0 [-7.3, -1.0])
 LORA_RANK = 32
 OURS_HEAL_OPTIONS: tuple[tuple[str, Any], ...] = (("kd_weight", 0.5), ("lora_rank", LORA_RANK), ("lora_alpha", 2.0 * LORA_RANK))
 DOMAINS = {"in": "in", "ood": "out"}  # table stem -> paired_perplexity_table's domain (in: corpus, out: ood_corpus)
