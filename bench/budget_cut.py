@@ -36,5 +36,5 @@ total, blocks = count_params(ctx.model), unit_params(ctx.model, "layer")
 fit = fit_budget(ctx, Budget(params=int(total - round(a.k * blocks.mean()))), a.strategy)
 units = fit.removed if spec.granularity == "sublayer" else layer_units(fit.removed)
 print(f"{a.strategy} at {a.k} blocks' worth: {describe(units)}; {fit.num_params / 1e6:.2f} M parameters "
-      f"({count_params(ctx.model) / 1e6:.2f} M before); {time.time() - t0:.0f} s")
+      f"({total / 1e6:.2f} M before); {time.time() - t0:.0f} s")
 print("--units", " ".join(map(str, units)))

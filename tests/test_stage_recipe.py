@@ -30,7 +30,7 @@ from frankenllama.eval.zero_shot import TaskEvalConfig
 from frankenllama.eval.efficiency import SpeedConfig
 from frankenllama.models import load_model
 from frankenllama.stages import DataConfig, PruningConfig, ScoringConfig, SimilarityConfig, shared_model
-from frankenllama.stages.evaluation import BASELINE, EvaluationConfig
+from frankenllama.stages.evaluation import BASELINE, EvaluationConfig, comparison_table
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.profiles import OURS_DEFAULT
 from frankenllama.stages.recipe import (OURS, PEERS, RecipeStudyConfig, applied_recipe, recipe_stage, study_summary,
@@ -94,6 +94,7 @@ def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook):
     assert set(nlls[1]) == {BASELINE, *runs[runs.k == 1].variant}  # one evaluation per ratio, its variants only
     assert nlls[1]["t-recipe-20-sleb"]["tasks"] == {} and nlls[2]["t-recipe-40-sleb"]["tasks"]  # zero-shot at k = 2
     assert all(r["kl"] is None and r["top1_agreement"] is None for e in nlls.values() for r in e.values())  # no fidelity
+    assert comparison_table(study.evaluations[2])[["kl", "top1_%"]].isna().all().all()  # shown as missing, not as 0
 
     table = study_table(study)
     row = table[(table.percent == 40) & (table.pipeline == "sleb")].iloc[0]
