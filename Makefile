@@ -54,7 +54,8 @@ data: $(STAMP)
 
 # One notebook, headless, on profile $(PROFILE) (`make notebook-02`, `make notebook-03 PROFILE=smoke`).
 # A notebook reads the caches its dependencies wrote and computes whatever of them is missing.
-$(addprefix notebook-,$(NUMBERS)): notebook-%: data
+# (`make figures` prepares the data once, then runs each notebook with DATA_READY=1: no check per notebook)
+$(addprefix notebook-,$(NUMBERS)): notebook-%: $(if $(DATA_READY),,data)
 	@mkdir -p build/notebooks
 	@nb=$$(ls notebooks/$*_*.py) && name=$$(basename $$nb .py) && \
 	  echo "== $$name ($(PROFILE))" && start=$$(date +%s) && \
@@ -67,7 +68,7 @@ notebook-06: $(DEPLOY_STAMP)  # runs the exported models in llama.cpp
 
 # Every notebook in order on the default profile; figures land in figures/.
 figures: data
-	@for n in $(NUMBERS); do $(MAKE) --no-print-directory notebook-$$n || exit 1; done
+	@for n in $(NUMBERS); do $(MAKE) --no-print-directory notebook-$$n DATA_READY=1 || exit 1; done
 
 # JupyterLab on the workbook, with the project's kernel ("frankenllama (.venv)").
 lab: data
