@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from frankenllama.budget import Budget, count_params, fit_budget, unit_params
+from frankenllama.budget import count_params, fit_budget, unit_params
 from frankenllama.selection import get_strategy
 from frankenllama.stages import scoring_context
 from frankenllama.stages.profiles import build
+from frankenllama.stages.pruning import _layer_budget  # notebook 02's budget of k blocks' worth, as compress uses it
 from frankenllama.units import describe, layer_units
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,8 +33,8 @@ ctx = scoring_context(build(a.profile).pruning)
 spec = get_strategy(a.strategy)
 if spec.nested and a.steps:
     ctx.greedy(a.steps, spec.granularity)  # type: ignore[arg-type]
-total, blocks = count_params(ctx.model), unit_params(ctx.model, "layer")
-fit = fit_budget(ctx, Budget(params=int(total - round(a.k * blocks.mean()))), a.strategy)
+total = count_params(ctx.model)
+fit = fit_budget(ctx, _layer_budget(total, unit_params(ctx.model, "layer"), a.k), a.strategy)
 units = fit.removed if spec.granularity == "sublayer" else layer_units(fit.removed)
 print(f"{a.strategy} at {a.k} blocks' worth: {describe(units)}; {fit.num_params / 1e6:.2f} M parameters "
       f"({total / 1e6:.2f} M before); {time.time() - t0:.0f} s")

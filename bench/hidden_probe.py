@@ -54,8 +54,9 @@ teacher, tok, blocks, original = development_run(a.items)
 if a.layers == "all":  # probe only: the trainer's pairs swapped for every student block j against the teacher's stream
     # where block j + 1 reads it: after teacher block kept[j + 1] - 1 (the last removed block at a cut)
     def every_block(student):
-        kept = lineage(student)["kept_layers"]
-        return [(j, (kept[j + 1] if j + 1 < len(kept) else lineage(student)["original_num_hidden_layers"]) - 1)
+        record = lineage(student)
+        kept = record["kept_layers"]
+        return [(j, (kept[j + 1] if j + 1 < len(kept) else record["original_num_hidden_layers"]) - 1)
                 for j in range(len(kept))]
 
     trainer.cut_pairs = every_block
