@@ -196,3 +196,27 @@ def test_study_figure_cuts_a_failed_pipeline_off_the_difference_axis(tmp_path):
     assert [t.get_text() for t in fig.axes[2].texts] == ["+2.41"]  # the cut-off point is labelled with its value
     low, top = fig.axes[3].get_ylim()  # acc_norm: no outlier, no cut
     assert top >= 3.0 and low <= -9.0 and not fig.axes[3].texts
+
+
+def _difference_rows(bpb: dict[str, tuple[float, float, float]], acc: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
+    rows = [{"percent": 0, "pipeline": BASELINE}]
+    for pipeline in bpb:
+        (b, bl, bh), (a, al, ah) = bpb[pipeline], acc[pipeline]
+        row = {"percent": 20, "pipeline": pipeline, "bpb_orig": b, "bpb_orig_low": bl, "bpb_orig_high": bh,
+               "acc_norm_orig": a, "acc_norm_orig_low": al, "acc_norm_orig_high": ah}
+        for d in ("in", "ood"):
+            row |= {f"ppl_{d}_x": 1.2, f"ppl_{d}_low": 1.1, f"ppl_{d}_high": 1.3}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_study_figure_staggers_neighbouring_cut_labels_and_keeps_a_flat_axis_whole(tmp_path):
+    """Two neighbouring pipelines off the scale get labels on different rows; an axis whose other points all sit
+    at one value (nothing to squeeze: the smoke profile's zero-shot panel) is not cut, so the outlier is drawn where it is."""
+    bpb = {"shortgpt": (0.02, 0.0, 0.04), "sleb": (1.34, 1.2, 1.5), "lu": (0.38, 0.3, 0.46), OURS: (0.01, -0.01, 0.03)}
+    acc = {"shortgpt": (0.0, 0.0, 0.0), "sleb": (0.0, 0.0, 0.0), "lu": (12.5, 12.5, 12.5), OURS: (0.0, 0.0, 0.0)}
+    fig = study_figure(_difference_rows(bpb, acc), tmp_path)
+    labels = {t.get_text(): t.xyann[1] for t in fig.axes[2].texts}  # the bits-per-byte panel
+    assert set(labels) == {"+1.34", "+0.38"} and labels["+1.34"] != labels["+0.38"]
+    low, top = fig.axes[3].get_ylim()  # acc_norm: every other pipeline at 0
+    assert top >= 12.5 and low <= 0.0 and not fig.axes[3].texts

@@ -79,7 +79,9 @@ def _clip_outliers(ax: plt.Axes, points: list[tuple[float, float, float, float, 
 
     ``points`` are ``(x, value, interval low, interval high, colour)``. A failed pipeline (Lu et al.
     at +2.4 gold bits per byte) would otherwise squeeze every other interval into a line; it is
-    drawn as an arrow at the top edge, labelled with its value.
+    drawn as an arrow at the top edge, labelled with its value. Labels of neighbouring arrows are
+    staggered downwards so they do not print over each other. When the other points span nothing
+    (every one at the same value: nothing for the outlier to squeeze) the axis is left whole.
     """
     highs = sorted((hi for *_, hi, _ in points if np.isfinite(hi)), reverse=True)
     lows = [lo for _, _, lo, _, _ in points if np.isfinite(lo)]
@@ -87,14 +89,18 @@ def _clip_outliers(ax: plt.Axes, points: list[tuple[float, float, float, float, 
         return
     bottom = min(*lows, ref)
     rest = [h for h in highs if h - bottom < (highs[0] - bottom) / factor]
-    if not rest:
+    if not rest or rest[0] <= bottom:
         return
     limit = rest[0] + 0.25 * (rest[0] - bottom)
     ax.set_ylim(bottom - 0.08 * (limit - bottom), limit)
-    for x, value, _, hi, color in points:
-        if hi > limit:
-            ax.plot([x], [limit], marker="^", ms=5, color=color, clip_on=False)
-            ax.annotate(f"{value:+.2f}", (x, limit), xytext=(4, -9), textcoords="offset points", fontsize=6, color=color)
+    cut = sorted((x, value, color) for x, value, _, hi, color in points if hi > limit)
+    step = min(np.diff(sorted({x for x, *_ in points})), default=1.0)  # the spacing of neighbouring pipelines
+    row = 0
+    for j, (x, value, color) in enumerate(cut):
+        row = 1 - row if j and x - cut[j - 1][0] <= 1.5 * step else 0  # a neighbour's label is beside it: alternate rows
+        ax.plot([x], [limit], marker="^", ms=5, color=color, clip_on=False)
+        ax.annotate(f"{value:+.2f}", (x, limit), xytext=(4, -9 - 8 * row), textcoords="offset points", fontsize=6,
+                    color=color)
 
 
 def _pair_view(table: pd.DataFrame, pipeline: str, percent: int, width: float) -> plt.Figure:
