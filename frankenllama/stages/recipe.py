@@ -105,6 +105,11 @@ OURS_RECIPE = "linear-patch+kd-lora"  # the training-free patch where it folds, 
 # Session 18, another cut at the same size: BlockPruner's sub-block greedy (bench/budget_cut.py; blocks 3, 5, 6, the
 # MLPs of 4 and 12, six more attentions), healed the same way:
 #                             blockpruner's cut          -6.3 [-9.7, -3.2]   +0.152   1.43 / 1.27   (vs the recipe -4.0 [-7.3, -1.0])
+# Session 19 (bench/interpolation_probe.py; a second part-swap round's cut through zero_shot_recipe_probe.py):
+#                             recipe update x 0.75       -2.5 [-5.2, +0.3]   -0.034   1.20 / 0.99   (vs the recipe -0.2 [-0.8, +0.5])
+#                             recipe update x 0.5        -3.0 [-5.7, -0.2]   -0.025   1.25 / 1.04   (vs the recipe -0.7 [-1.8, +0.5])
+#                             7.attn instead of 5.attn   -2.0 [-4.8, +1.0]   -0.027   1.17 / 0.95   (vs the recipe +0.3 [-1.5, +2.0];
+#                                                       gold probability +0.08 [+0.01, +0.15] points, +0.010 bpb)
 LORA_RANK = 32
 OURS_HEAL_OPTIONS: tuple[tuple[str, Any], ...] = (("kd_weight", 0.5), ("lora_rank", LORA_RANK), ("lora_alpha", 2.0 * LORA_RANK))
 DOMAINS = {"in": "in", "ood": "out"}  # table stem -> paired_perplexity_table's domain (in: corpus, out: ood_corpus)

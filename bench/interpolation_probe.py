@@ -1,0 +1,73 @@
+"""Probe: does the recipe's healing drift too far from the original? Scale the healing update back.
+
+The recipe (linear patch, then KD-LoRA with ``kd_weight`` 0.5 on wiki-leads) makes the student better
+than the original on wiki-leads prose and on the gold answers' bits per byte, yet it picks the right
+answer less often. One reading: half of the loss is cross-entropy on one narrow domain, which moves
+the instruct model away from what the zero-shot items need. This probe heals part-swap's 20 % cut
+twice on the development protocol (``bench/_development.py``: the patch alone, and the full recipe
+at the same seed, so both share the patch to every bit), then measures the weights
+
+    W(α) = W_patch + α · (W_recipe − W_patch)
+
+for each ``--alphas`` value: α = 0 is the patch alone, α = 1 the recipe (session 18's line
+``s18-kd05-32k``); in between, the merged LoRA update shrunk towards the patched model, as
+WiSE-FT interpolates a fine-tuned model with its start (Wortsman et al. 2022, arXiv:2109.01903).
+Prints and appends one JSON line per α to bench/results/zero_shot_recipe_probe.jsonl, each paired
+against the original on the development items and blocks; ``bench/pair_probes.py`` pairs the runs
+with each other (tags ``<tag>-a<α>``).
+
+    python bench/interpolation_probe.py --alphas 0.5 0.75 --tag s19-wise
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+
+from _development import PART_SWAP_20, development_run, measure, paired_row, record  # bench/_development.py
+from frankenllama.data import load_corpus, token_blocks
+from frankenllama.healing import HealConfig
+from frankenllama.healing.pipeline import heal
+from frankenllama.stages.common import DataConfig
+from frankenllama.sublayer import prune_sublayers
+
+RESULTS = Path(__file__).parent / "results" / "zero_shot_recipe_probe.jsonl"
+
+p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.75], help="scales of the healing update to measure")
+p.add_argument("--tokens", type=int, default=32768, help="training tokens of the recipe (compress's default)")
+p.add_argument("--calib", type=int, default=32768, help="calibration tokens of the linear patch")
+p.add_argument("--kdw", type=float, default=0.5, help="kd_weight of the recipe")
+p.add_argument("--items", type=int, default=200)
+p.add_argument("--tag", default="s19-wise")
+a = p.parse_args()
+t0 = time.time()
+teacher, tok, blocks, original = development_run(a.items)
+train = token_blocks(tok, load_corpus("wiki-leads", "train"), 256, max_blocks=a.tokens // 256)
+calib = DataConfig("wiki-leads", "calib", 256, a.calib // 256).blocks(tok, teacher)
+states = {}
+for recipe in ("linear-patch", "linear-patch+kd-lora"):
+    config = HealConfig(recipe=recipe, tokens=a.tokens, batch_size=4, kd_weight=a.kdw, lora_rank=32, lora_alpha=64.0,
+                        patch_tokens=a.calib, kd_top_k=64, seed=0)
+    student = prune_sublayers(teacher, list(PART_SWAP_20))
+    model = heal(student, tok, config, train_blocks=train, teacher=teacher, calib_blocks=calib, eval_blocks=None,
+                 progress=False).model
+    states[recipe] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+heal_s = time.time() - t0
+patch, healed = states["linear-patch"], states["linear-patch+kd-lora"]
+assert patch.keys() == healed.keys(), "the two heals must give the same architecture"
+for alpha in a.alphas:
+    start = time.time()
+    mixed = copy.deepcopy(model)
+    mixed.load_state_dict({k: patch[k] + alpha * (healed[k] - patch[k]) if healed[k].is_floating_point() else healed[k]
+                           for k in healed})
+    with torch.inference_mode():
+        got = measure(mixed, tok, blocks, a.items)
+    row = {"tag": f"{a.tag}-a{alpha:g}", "units": " ".join(map(str, PART_SWAP_20)), "recipe": "linear-patch+kd-lora",
+           "alpha": alpha, "tokens": a.tokens, "calib": a.calib, "len": 256, "batch": 4, "rank": 32, "kdw": a.kdw,
+           **paired_row(got, original), "heal_s": round(heal_s), "wall_s": round(time.time() - start)}
+    record(row, got, row["tag"], a.items, RESULTS)
