@@ -60,7 +60,7 @@ $(addprefix notebook-,$(NUMBERS)): notebook-%: $(if $(DATA_READY),,data)
 	@nb=$$(ls notebooks/$*_*.py) && name=$$(basename $$nb .py) && \
 	  echo "== $$name ($(PROFILE))" && start=$$(date +%s) && \
 	  $(VENV)/bin/jupytext --quiet --to ipynb --output build/notebooks/$$name.source.ipynb $$nb && \
-	  $(VENV)/bin/papermill --kernel frankenllama --cwd notebooks -p profile $(PROFILE) \
+	  $(VENV)/bin/papermill --engine frankenllama --kernel frankenllama --cwd notebooks -p profile $(PROFILE) \
 	    build/notebooks/$$name.source.ipynb build/notebooks/$$name.ipynb && \
 	  echo "== $$name took $$(( $$(date +%s) - start )) s"
 

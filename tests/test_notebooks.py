@@ -56,12 +56,13 @@ def test_notebook_smoke_profile(path, tmp_path):
     jupytext.write(jupytext.read(path), source)
     out_dir = figures_dir(smoke=True)
     started = {p: p.stat().st_mtime for p in out_dir.glob("*")}
-    # papermill in a process of its own, as `make notebook-NN` runs it, with a per-cell timeout: on this
-    # project's shared CI machine its client has sometimes waited forever on a finished explorer cell (the
-    # kernel idle, its reply never read); such a run times out and is tried once more, and says so
-    command = [sys.executable, "-m", "papermill", "--kernel", KERNEL, "--cwd", str(NOTEBOOKS_DIR), "-p", "profile",
-               "smoke", "--no-progress-bar", "--execution-timeout", str(CELL_TIMEOUT_S), str(source),
-               str(tmp_path / f"{path.stem}.out.ipynb")]  # fmt: skip
+    # papermill in a process of its own, as `make notebook-NN` runs it, with the project's engine (its client
+    # polls the shell channel in slices: papermill's own has sometimes waited forever on a finished explorer
+    # cell, the kernel idle and its reply never read; frankenllama.papermill_engine) and a per-cell timeout;
+    # a run that still times out is tried once more, and says so
+    command = [sys.executable, "-m", "papermill", "--engine", "frankenllama", "--kernel", KERNEL, "--cwd",
+               str(NOTEBOOKS_DIR), "-p", "profile", "smoke", "--no-progress-bar", "--execution-timeout",
+               str(CELL_TIMEOUT_S), str(source), str(tmp_path / f"{path.stem}.out.ipynb")]  # fmt: skip
     for attempt in range(2):
         run = subprocess.run(command, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
         if run.returncode == 0 or "CellTimeoutError" not in run.stderr + run.stdout:

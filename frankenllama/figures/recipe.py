@@ -97,7 +97,7 @@ def _clip_outliers(ax: plt.Axes, points: list[tuple[float, float, float, float, 
     step = min(np.diff(sorted({x for x, *_ in points})), default=1.0)  # the spacing of neighbouring pipelines
     row = 0
     for j, (x, value, color) in enumerate(cut):
-        row = 1 - row if j and x - cut[j - 1][0] <= 1.5 * step else 0  # a neighbour's label is beside it: alternate rows
+        row = 1 - row if j and x - cut[j - 1][0] <= 1.5 * step else 0  # a neighbour's label beside it: alternate
         ax.plot([x], [limit], marker="^", ms=5, color=color, clip_on=False)
         ax.annotate(f"{value:+.2f}", (x, limit), xytext=(4, -9 - 8 * row), textcoords="offset points", fontsize=6,
                     color=color)
