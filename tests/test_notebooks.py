@@ -57,7 +57,7 @@ def test_notebook_smoke_profile(path, tmp_path):
     out_dir = figures_dir(smoke=True)
     started = {p: p.stat().st_mtime for p in out_dir.glob("*")}
     # papermill in a process of its own, as `make notebook-NN` runs it, with the project's engine (its client
-    # polls the shell channel in slices: papermill's own has sometimes waited forever on a finished explorer
+    # polls the kernel's channels in slices: papermill's own has sometimes waited forever on a finished explorer
     # cell, the kernel idle and its reply never read; frankenllama.papermill_engine) and a per-cell timeout;
     # a run that still times out is tried once more, and says so
     command = [sys.executable, "-m", "papermill", "--engine", "frankenllama", "--kernel", KERNEL, "--cwd",

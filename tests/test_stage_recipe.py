@@ -180,25 +180,11 @@ def test_a_cached_heal_of_a_sub_block_pruned_model_returns_the_saved_weights(tmp
         assert torch.allclose(again.model(ids).logits, first.model(ids).logits, atol=1e-5)
 
 
-def test_study_figure_cuts_a_failed_pipeline_off_the_difference_axis(tmp_path):
-    """One pipeline 15x further from 0 than the rest (Lu et al.'s +2.4 bits per byte) must not flatten the others."""
-    rows = [{"percent": 0, "pipeline": BASELINE}]
-    bpb = {"shortgpt": (0.11, 0.07, 0.15), "lu": (2.41, 2.27, 2.55), OURS: (0.03, -0.01, 0.07)}
-    for pipeline, (diff, low, high) in bpb.items():
-        row = {"percent": 20, "pipeline": pipeline, "bpb_orig": diff, "bpb_orig_low": low, "bpb_orig_high": high,
-               "acc_norm_orig": -3.0, "acc_norm_orig_low": -9.0, "acc_norm_orig_high": 3.0}
-        for d in ("in", "ood"):
-            row |= {f"ppl_{d}_x": 1.2, f"ppl_{d}_low": 1.1, f"ppl_{d}_high": 1.3}
-        rows.append(row)
-    fig = study_figure(pd.DataFrame(rows), tmp_path)
-    low, top = fig.axes[2].get_ylim()  # the gold bits-per-byte panel
-    assert 0.15 < top < 0.5 and low < -0.01  # every interval but the failed one fits, and 0 stays in view
-    assert [t.get_text() for t in fig.axes[2].texts] == ["+2.41"]  # the cut-off point is labelled with its value
-    low, top = fig.axes[3].get_ylim()  # acc_norm: no outlier, no cut
-    assert top >= 3.0 and low <= -9.0 and not fig.axes[3].texts
+Interval = tuple[float, float, float]  # (difference, 95 % low, 95 % high)
 
 
-def _difference_rows(bpb: dict[str, tuple[float, float, float]], acc: dict[str, tuple[float, float, float]]) -> pd.DataFrame:
+def _difference_rows(bpb: dict[str, Interval], acc: dict[str, Interval]) -> pd.DataFrame:
+    """A study table at 20 % with these gold bits-per-byte and acc_norm differences per pipeline (perplexity 1.2x)."""
     rows = [{"percent": 0, "pipeline": BASELINE}]
     for pipeline in bpb:
         (b, bl, bh), (a, al, ah) = bpb[pipeline], acc[pipeline]
@@ -210,9 +196,21 @@ def _difference_rows(bpb: dict[str, tuple[float, float, float]], acc: dict[str, 
     return pd.DataFrame(rows)
 
 
+def test_study_figure_cuts_a_failed_pipeline_off_the_difference_axis(tmp_path):
+    """One pipeline 15x further from 0 than the rest (Lu et al.'s +2.4 bits per byte) must not flatten the others."""
+    bpb = {"shortgpt": (0.11, 0.07, 0.15), "lu": (2.41, 2.27, 2.55), OURS: (0.03, -0.01, 0.07)}
+    fig = study_figure(_difference_rows(bpb, dict.fromkeys(bpb, (-3.0, -9.0, 3.0))), tmp_path)
+    low, top = fig.axes[2].get_ylim()  # the gold bits-per-byte panel
+    assert 0.15 < top < 0.5 and low < -0.01  # every interval but the failed one fits, and 0 stays in view
+    assert [t.get_text() for t in fig.axes[2].texts] == ["+2.41"]  # the cut-off point is labelled with its value
+    low, top = fig.axes[3].get_ylim()  # acc_norm: no outlier, no cut
+    assert top >= 3.0 and low <= -9.0 and not fig.axes[3].texts
+
+
 def test_study_figure_staggers_neighbouring_cut_labels_and_keeps_a_flat_axis_whole(tmp_path):
-    """Two neighbouring pipelines off the scale get labels on different rows; an axis whose other points all sit
-    at one value (nothing to squeeze: the smoke profile's zero-shot panel) is not cut, so the outlier is drawn where it is."""
+    """Two neighbouring pipelines off the scale get labels on different rows; an axis whose other points all
+    sit at one value (nothing to squeeze: the smoke profile's zero-shot panel) is not cut, so the outlier is
+    drawn where it is."""
     bpb = {"shortgpt": (0.02, 0.0, 0.04), "sleb": (1.34, 1.2, 1.5), "lu": (0.38, 0.3, 0.46), OURS: (0.01, -0.01, 0.03)}
     acc = {"shortgpt": (0.0, 0.0, 0.0), "sleb": (0.0, 0.0, 0.0), "lu": (12.5, 12.5, 12.5), OURS: (0.0, 0.0, 0.0)}
     fig = study_figure(_difference_rows(bpb, acc), tmp_path)
