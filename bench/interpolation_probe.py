@@ -33,6 +33,7 @@ from frankenllama.data import load_corpus, token_blocks
 from frankenllama.healing import HealConfig
 from frankenllama.healing.pipeline import heal
 from frankenllama.stages.common import DataConfig
+from frankenllama.stages.recipe import OURS_HEAL_OPTIONS, OURS_RECIPE
 from frankenllama.sublayer import prune_sublayers
 
 RESULTS = Path(__file__).parent / "results" / "zero_shot_recipe_probe.jsonl"
@@ -50,15 +51,16 @@ teacher, tok, blocks, original = development_run(a.items)
 train = token_blocks(tok, load_corpus("wiki-leads", "train"), 256, max_blocks=a.tokens // 256)
 calib = DataConfig("wiki-leads", "calib", 256, a.calib // 256).blocks(tok, teacher)
 states = {}
-for recipe in ("linear-patch", "linear-patch+kd-lora"):
-    config = HealConfig(recipe=recipe, tokens=a.tokens, batch_size=4, kd_weight=a.kdw, lora_rank=32, lora_alpha=64.0,
-                        patch_tokens=a.calib, kd_top_k=64, seed=0)
+options = dict(OURS_HEAL_OPTIONS) | {"kd_weight": a.kdw}  # the recipe's (kd 0.5, LoRA rank 32), --kdw aside
+for recipe in ("linear-patch", OURS_RECIPE):
+    config = HealConfig(recipe=recipe, tokens=a.tokens, batch_size=4, patch_tokens=a.calib, kd_top_k=64, seed=0,
+                        **options)
     student = prune_sublayers(teacher, list(PART_SWAP_20))
     model = heal(student, tok, config, train_blocks=train, teacher=teacher, calib_blocks=calib, eval_blocks=None,
                  progress=False).model
     states[recipe] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 heal_s = time.time() - t0
-patch, healed = states["linear-patch"], states["linear-patch+kd-lora"]
+patch, healed = states["linear-patch"], states[OURS_RECIPE]
 assert patch.keys() == healed.keys(), "the two heals must give the same architecture"
 for alpha in a.alphas:
     start = time.time()
@@ -67,7 +69,8 @@ for alpha in a.alphas:
                            for k in healed})
     with torch.inference_mode():
         got = measure(mixed, tok, blocks, a.items)
-    row = {"tag": f"{a.tag}-a{alpha:g}", "units": " ".join(map(str, PART_SWAP_20)), "recipe": "linear-patch+kd-lora",
-           "alpha": alpha, "tokens": a.tokens, "calib": a.calib, "len": 256, "batch": 4, "rank": 32, "kdw": a.kdw,
+    row = {"tag": f"{a.tag}-a{alpha:g}", "units": " ".join(map(str, PART_SWAP_20)), "recipe": OURS_RECIPE,
+           "alpha": alpha, "tokens": a.tokens, "calib": a.calib, "len": 256, "batch": 4, "rank": options["lora_rank"],
+           "kdw": a.kdw,
            **paired_row(got, original), "heal_s": round(heal_s), "wall_s": round(time.time() - start)}
     record(row, got, row["tag"], a.items, RESULTS)
