@@ -79,8 +79,8 @@ def _clip_outliers(ax: plt.Axes, points: list[tuple[float, float, float, float, 
 
     ``points`` are ``(x, value, interval low, interval high, colour)``. A failed pipeline (Lu et al.
     at +2.4 gold bits per byte) would otherwise squeeze every other interval into a line; it is
-    drawn as an arrow at the top edge, labelled with its value. Labels of neighbouring arrows are
-    staggered downwards so they do not print over each other. When the other points span nothing
+    drawn as an arrow at the top edge, labelled with its value (on its left; the next of two
+    neighbours one line lower on its right, so labels and arrows do not print over each other). When the other points span nothing
     (every one at the same value: nothing for the outlier to squeeze) the axis is left whole.
     """
     highs = sorted((hi for *_, hi, _ in points if np.isfinite(hi)), reverse=True)
@@ -99,8 +99,9 @@ def _clip_outliers(ax: plt.Axes, points: list[tuple[float, float, float, float, 
     for j, (x, value, color) in enumerate(cut):
         row = 1 - row if j and x - cut[j - 1][0] <= 1.5 * step else 0  # a neighbour's label beside it: alternate
         ax.plot([x], [limit], marker="^", ms=5, color=color, clip_on=False)
-        ax.annotate(f"{value:+.2f}", (x, limit), xytext=(4, -9 - 8 * row), textcoords="offset points", fontsize=6,
-                    color=color)
+        # the first of neighbours labelled on its left, the next lower on its right: neither crosses the other's marker
+        ax.annotate(f"{value:+.2f}", (x, limit), xytext=(4 if row else -4, -9 - 8 * row), textcoords="offset points",
+                    ha="left" if row else "right", fontsize=6, color=color)
 
 
 def _pair_view(table: pd.DataFrame, pipeline: str, percent: int, width: float) -> plt.Figure:
