@@ -10,97 +10,84 @@ other messages stream in (an explorer's widget messages) is not repeated. ``make
 cell timeout, so such a stall lasts forever.
 
 This engine (``papermill --engine frankenllama``, registered as a papermill entry point;
-``make figures`` and the notebook tests use it) gives the client shell and IOPub channels whose
-waits are polls of at most ``POLL_SLICE_S`` seconds, repeated until the caller's timeout: a poll that
-missed its wake-up ends, and the next one reads the message that is already there. A cell timeout
-still raises at the same time, and nothing else about the run changes.
+``make figures`` and the notebook tests use it) is papermill's own nbclient engine given a kernel
+manager whose clients' shell and IOPub channels wait in polls of at most ``POLL_SLICE_S`` seconds,
+repeated until the caller's timeout: a poll that missed its wake-up ends, and the next one reads the
+message that is already there. A cell timeout still raises at the same time, and nothing else about
+the run changes. The classes plug in through jupyter_client's and nbclient's own settings
+(``shell_channel_class``, ``client_class``, ``kernel_manager_class``).
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from queue import Empty
 from typing import Any
 
-from nbclient.util import ensure_async, run_sync
+from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel
+from jupyter_client.manager import AsyncKernelManager
+from traitlets import DottedObjectName, Type
 
 POLL_SLICE_S = 5.0  # the longest single wait on a channel
 
 
-class SlicedChannel:
-    """A kernel client's channel whose ``get_msg(timeout)`` polls in slices of at most ``slice_s`` seconds.
+class SlicedZMQSocketChannel(AsyncZMQSocketChannel):
+    """An async kernel channel whose ``get_msg(timeout)`` polls in slices of at most ``slice_s`` seconds.
 
-    ``timeout=None`` waits forever, as the wrapped channel's does, and a finite timeout raises
-    ``queue.Empty`` once it has passed; every other attribute is the wrapped channel's.
+    ``timeout=None`` waits forever, as jupyter_client's channel does, and a finite timeout raises
+    ``queue.Empty`` once it has passed.
     """
 
-    def __init__(self, channel: Any, slice_s: float = POLL_SLICE_S):
-        if slice_s <= 0:
-            raise ValueError(f"slice_s must be positive, got {slice_s}")
-        self.channel = channel
-        self.slice_s = slice_s
+    slice_s: float = POLL_SLICE_S
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.channel, name)
-
-    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:
+    async def get_msg(self, timeout: float | None = None) -> dict[str, Any]:  # type: ignore[override]
         end = None if timeout is None else time.monotonic() + timeout
         while True:
             left = self.slice_s if end is None else max(0.0, end - time.monotonic())
             try:
-                return await ensure_async(self.channel.get_msg(timeout=min(self.slice_s, left)))
+                return await super().get_msg(timeout=min(self.slice_s, left))
             except Empty:
                 if end is not None and time.monotonic() >= end:
                     raise
 
 
-@functools.cache
-def _engine() -> type:
-    """The engine class, built on first use: importing papermill registers its entry points, this module's among
-    them, so this module imports nothing of papermill itself until a run asks for the engine."""
-    from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine
-    from papermill.log import logger
-    from papermill.utils import merge_kwargs, remove_args
+class SlicedKernelClient(AsyncKernelClient):
+    """jupyter_client's async kernel client with sliced waits on the shell (the cell's reply) and IOPub (its outputs)."""
 
-    class SlicedPollClient(PapermillNotebookClient):
-        """papermill's notebook client, its kernel client's shell and IOPub channels wrapped in ``SlicedChannel``."""
+    shell_channel_class = Type(SlicedZMQSocketChannel)  # type: ignore[assignment]
+    iopub_channel_class = Type(SlicedZMQSocketChannel)  # type: ignore[assignment]
 
-        async def async_start_new_kernel_client(self):  # type: ignore[override]
-            kc = await super().async_start_new_kernel_client()
-            kc._shell_channel = SlicedChannel(kc.shell_channel)  # the cell's reply
-            kc._iopub_channel = SlicedChannel(kc.iopub_channel)  # its outputs (polled without a timeout)
-            return kc
 
-        start_new_kernel_client = run_sync(async_start_new_kernel_client)
+class SlicedKernelManager(AsyncKernelManager):
+    """jupyter_client's async kernel manager, handing out ``SlicedKernelClient`` s."""
 
-    class Engine(NBClientEngine):
-        @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, log_output=False, stdout_file=None, stderr_file=None,
-                                     start_timeout=60, execution_timeout=None, **kwargs):
-            """``NBClientEngine.execute_managed_notebook`` (papermill 2.7) with ``SlicedPollClient`` as the client."""
-            kwargs = remove_args(["input_path"], **kwargs)
-            final = merge_kwargs(remove_args(["timeout", "startup_timeout"], **kwargs),
-                                 timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
-                                 startup_timeout=start_timeout, kernel_name=kernel_name, log=logger,
-                                 log_output=log_output, stdout_file=stdout_file, stderr_file=stderr_file)
-            return SlicedPollClient(nb_man, **final).execute()
-
-    return Engine
+    client_class = DottedObjectName(f"{__name__}.SlicedKernelClient")
+    client_factory = Type(SlicedKernelClient)
 
 
 class SlicedPollEngine:
-    """papermill's default engine (nbclient) with a client whose channels are ``SlicedChannel`` s (the entry point)."""
+    """papermill's nbclient engine, run with ``SlicedKernelManager`` (the entry point ``frankenllama``).
+
+    papermill imports its engines' entry points while it is being imported, this module's among them,
+    so the engine looks papermill's up when a run starts instead of importing it here.
+    """
+
+    @staticmethod
+    def _nbclient() -> Any:
+        from papermill.engines import NBClientEngine
+
+        return NBClientEngine
 
     @classmethod
-    def execute_notebook(cls, *args: Any, **kwargs: Any) -> Any:
-        return _engine().execute_notebook(*args, **kwargs)
+    def execute_notebook(cls, nb: Any, kernel_name: str | None, **kwargs: Any) -> Any:
+        kwargs.setdefault("kernel_manager_class", SlicedKernelManager)
+        return cls._nbclient().execute_notebook(nb, kernel_name, **kwargs)
 
     @classmethod
     def nb_kernel_name(cls, *args: Any, **kwargs: Any) -> str:
-        return _engine().nb_kernel_name(*args, **kwargs)
+        return cls._nbclient().nb_kernel_name(*args, **kwargs)
 
     @classmethod
     def nb_language(cls, *args: Any, **kwargs: Any) -> str:
-        return _engine().nb_language(*args, **kwargs)
+        return cls._nbclient().nb_language(*args, **kwargs)
