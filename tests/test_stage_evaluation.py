@@ -74,7 +74,7 @@ def setup(tmp_path, monkeypatch):
     return config, computed, tmp_path
 
 
-def test_stage_equals_direct_measurements_and_reads_its_cache(setup):
+def test_stage_equals_direct_measurements_and_reads_its_cache(setup, monkeypatch):
     config, computed, tmp_path = setup
     out = stage.evaluation_stage(config)
     assert computed == ["evaluation", "evaluation", "efficiency", "generations"]
@@ -118,8 +118,10 @@ def test_stage_equals_direct_measurements_and_reads_its_cache(setup):
     assert meta["code"]["modules"] == sorted(stage.CODE)
 
     computed.clear()
+    loads = []
+    monkeypatch.setattr(stage, "load_model", lambda *a, **kw: loads.append(a) or load_model(*a, **kw))
     assert stage.evaluation_stage(config) == out  # every entry read back, nothing recomputed
-    assert computed == []
+    assert computed == [] and loads == []  # nor a variant loaded (only the speed runs and generations would need them)
 
 
 def test_paired_perplexity_table_in_and_out_of_domain(setup):

@@ -28,14 +28,16 @@ from frankenllama.data import load_corpus, token_blocks
 from frankenllama.eval.perplexity import token_nll
 from frankenllama.eval.zero_shot import TaskEvalConfig
 from frankenllama.eval.efficiency import SpeedConfig
+from frankenllama.healing import save
 from frankenllama.models import load_model
+from frankenllama.stages import evaluation
 from frankenllama.stages import DataConfig, PruningConfig, ScoringConfig, SimilarityConfig, shared_model
 from frankenllama.stages.evaluation import BASELINE, EvaluationConfig, comparison_table
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.profiles import OURS_DEFAULT
 from frankenllama.stages.recipe import (OURS, PEERS, RecipeStudyConfig, applied_recipe, recipe_stage, study_summary,
                                         study_table)
-from frankenllama.sublayer import prune_sublayers
+from frankenllama.sublayer import load_sublayer_pruned, prune_sublayers
 from frankenllama.surgery import drop_layers
 from frankenllama.variants import META_FILE
 from tiny_lm import WORDS, char_tokenizer, pico_workbook, tiny_llama
@@ -68,7 +70,7 @@ def workbook(tmp_path, monkeypatch):
     shared_model.cache_clear()
 
 
-def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook):
+def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook, monkeypatch):
     config = workbook
     study = recipe_stage(config)
     runs = study.runs
@@ -117,9 +119,13 @@ def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook):
             box.children[1].value = r
             assert not [o for o in box.children[-1].outputs if o.get("output_type") == "error"]
 
+    loads = []  # every model folder the re-run loads (it needs none: the heals' records and the measures are cached)
+    monkeypatch.setattr(save, "load_sublayer_pruned", lambda *a, **kw: loads.append(a) or load_sublayer_pruned(*a, **kw))
+    monkeypatch.setattr(evaluation, "load_model", lambda *a, **kw: loads.append(a) or load_model(*a, **kw))
     again = recipe_stage(config)  # every healed variant is read back: the recorded healing time does not change
     assert again.runs.heal_s.tolist() == runs.heal_s.tolist()
     assert again.evaluations == study.evaluations
+    assert loads == []
 
 
 def test_the_patch_is_dropped_where_no_whole_block_run_is_removed():

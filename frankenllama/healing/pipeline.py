@@ -74,6 +74,7 @@ def heal(
     copy_student: bool = True,
     student_nll: Callable[[HeldOut], tuple[dict[str, list[float] | None], float]] | None = None,
     teacher_streams: TeacherStreams | None = None,
+    load_cached: bool = True,
 ) -> HealResult:
     """Heal ``student`` with ``config.recipe`` and return the healed model with its costs and curves.
 
@@ -106,13 +107,16 @@ def heal(
         teacher_streams: the teacher's streams on the calibration blocks, shared by the linear patches
             of several runs (``linear_patch``); the patch is the same without them, and each run's patch
             time and wall time count the teacher pass it would have made alone (``TeacherStreams.credit_s``).
+        load_cached: on a cache hit (``out_dir`` holds this run), load the saved model into the result;
+            ``False`` returns the run's record with ``model=None`` (the folder's integrity still checked),
+            for a caller that only reads the record back (notebook 05 re-reading its variants).
     """
     t_call = time.perf_counter()
     plan = validate_run(student, tokenizer, config, train_blocks, teacher, teacher_tokenizer, calib_blocks)
     digests = input_digests(config, student, teacher, train_blocks, plan.calib_blocks, eval_blocks, ood_blocks)
     fingerprint = run_fingerprint(config, digests)
     out_dir = Path(out_dir) if out_dir is not None else None
-    cached = load_healed(out_dir, fingerprint, config) if out_dir is not None else None
+    cached = load_healed(out_dir, fingerprint, config, load=load_cached) if out_dir is not None else None
     if cached is not None:
         # a run killed after saving but before removing its checkpoints left them: they are obsolete
         stale = default_checkpoint_dir(out_dir) if checkpoint_dir is None else Path(checkpoint_dir)

@@ -59,8 +59,11 @@ def save_healed(
     return save_model_folder(out_dir, result.model, tokenizer, record_meta, seed=config.seed, files=logs)
 
 
-def load_healed(out_dir: Path, fingerprint: str, config: HealConfig) -> HealResult | None:
-    """The run saved in ``out_dir`` if its fingerprint is ``fingerprint`` (a cache hit), else ``None``."""
+def load_healed(out_dir: Path, fingerprint: str, config: HealConfig, load: bool = True) -> HealResult | None:
+    """The run saved in ``out_dir`` if its fingerprint is ``fingerprint`` (a cache hit), else ``None``.
+
+    ``load=False`` leaves the weights on disk: the result's ``model`` is ``None``.
+    """
     meta_file = out_dir / META_FILE
     if not meta_file.is_file():
         return None
@@ -68,7 +71,7 @@ def load_healed(out_dir: Path, fingerprint: str, config: HealConfig) -> HealResu
     if meta.get("fingerprint") != fingerprint or not intact(out_dir):  # a damaged folder is quarantined, then healed again
         return None
     # through the sub-layer loader: plain from_pretrained would re-create removed sub-blocks with random weights
-    model, _ = load_sublayer_pruned(out_dir, device="cpu")
+    model = load_sublayer_pruned(out_dir, device="cpu")[0] if load else None
     log = out_dir / "losses.csv"
     losses = list(csv.DictReader(io.StringIO(log.read_text()))) if log.exists() else []
     losses = [{k: float(v) for k, v in row.items() if v != ""} for row in losses]

@@ -24,6 +24,7 @@ each model's perplexity ratio to the original with a paired bootstrap interval o
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field, replace
@@ -204,18 +205,23 @@ def evaluation_stage(config: EvaluationConfig) -> dict[str, Any]:
         results[name] = cached_json("evaluation", key, compute, seed=config.seed, code=CODE)
         if info is not None:
             metas[name] = info.meta
-    # the speed table and the generations need every model in memory at once, in the store's order
-    models = {BASELINE: reference, **{i.name: loaded[i.name] if i.name in loaded else load_model(i.path)[0] for i in infos}}
+    # the speed table and the generations need every model in memory at once, in the store's order (loaded only
+    # when one of them is not cached: a warm re-run reads every result without loading a variant)
+    @functools.cache
+    def models() -> dict[str, Any]:
+        variants = {i.name: loaded[i.name] if i.name in loaded else load_model(i.path)[0] for i in infos}
+        return {BASELINE: reference, **variants}
+
     identities = {BASELINE: _identity(None, config), **{i.name: _identity(i, config) for i in infos}}
     speed_key = {"speed": config.speed, "models": identities}
     speed = cached_json(
-        "efficiency", speed_key, lambda: compare_efficiency(models, config.speed).reset_index(names="model").to_dict("records"),
+        "efficiency", speed_key, lambda: compare_efficiency(models(), config.speed).reset_index(names="model").to_dict("records"),
         code=CODE,
     )  # fmt: skip
     gen_key = {"prompts": config.prompts, "max_new_tokens": config.max_new_tokens, "models": identities}
     generations = cached_json(
         "generations", gen_key,
-        lambda: generations_side_by_side(models, tokenizer, config.prompts, config.max_new_tokens).to_dict("records"),
+        lambda: generations_side_by_side(models(), tokenizer, config.prompts, config.max_new_tokens).to_dict("records"),
         code=CODE,
     )  # fmt: skip
     return {"results": results, "speed": speed, "generations": generations, "meta": metas}

@@ -264,7 +264,7 @@ def run_pipeline(config: RecipeStudyConfig, name: str, k: int, curves: pd.DataFr
                                    **dict(pipe.heal))
         # no held-out blocks: the evaluation stage measures every model once, on more blocks, in both domains
         result = heal(student, tokenizer, base, train_blocks=data["train"], teacher=teacher, calib_blocks=data["calib"],
-                      out_dir=variant_path(variant), meta=meta, teacher_streams=data["streams"])
+                      out_dir=variant_path(variant), meta=meta, teacher_streams=data["streams"], load_cached=False)
         heal_s, tokens, calib = result.wall_time_s, result.tokens_seen, result.calib_tokens
         result.model = None
     del student
