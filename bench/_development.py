@@ -17,7 +17,9 @@ from frankenllama.eval.paired import PairedDifference, paired_difference
 from frankenllama.eval.perplexity import perplexity
 from frankenllama.eval.zero_shot import evaluate_tasks
 from frankenllama.paths import CACHE_DIR
-from frankenllama.stages.common import shared_model
+from frankenllama.healing import HealConfig
+from frankenllama.stages.common import DataConfig, shared_model
+from frankenllama.stages.recipe import OURS_HEAL_OPTIONS, OURS_RECIPE
 
 OOD_BLOCKS = slice(48, 80)  # olmo-passages eval: out of domain
 IN_BLOCKS = slice(24, 40)  # wiki-leads eval: in domain (zero_shot_recipe_probe reads 32-56)
@@ -89,6 +91,20 @@ def development_run(items: int) -> tuple:
     teacher, tokenizer = shared_model("smollm2-135m")
     blocks = development_blocks(tokenizer, DEV_IN_BLOCKS)
     return teacher, tokenizer, blocks, original_scores(teacher, tokenizer, blocks, items)
+
+
+def healing_data(tokenizer, teacher, tokens: int, calib: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A probe's healing inputs: ``tokens`` of wiki-leads ``train`` and ``calib`` of its ``calib`` split, in blocks of 256."""
+    train = token_blocks(tokenizer, load_corpus("wiki-leads", "train"), 256, max_blocks=tokens // 256)
+    return train, DataConfig("wiki-leads", "calib", 256, calib // 256).blocks(tokenizer, teacher)
+
+
+def recipe_config(tokens: int, calib: int, **changes) -> HealConfig:
+    """The recipe as the probes heal with it (``OURS_RECIPE``, ``OURS_HEAL_OPTIONS``, four blocks a step, the
+    teacher's top 64, seed 0) on ``tokens`` training and ``calib`` calibration tokens; ``changes`` override."""
+    settings = {"recipe": OURS_RECIPE, "tokens": tokens, "batch_size": 4, "patch_tokens": calib, "kd_top_k": 64,
+                "seed": 0, **dict(OURS_HEAL_OPTIONS)}
+    return HealConfig(**(settings | changes))
 
 
 def record(row: dict, got: dict, tag: str, items: int, results: Path) -> None:

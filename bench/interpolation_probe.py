@@ -28,12 +28,10 @@ from pathlib import Path
 
 import torch
 
-from _development import PART_SWAP_20, development_run, measure, paired_row, record  # bench/_development.py
-from frankenllama.data import load_corpus, token_blocks
-from frankenllama.healing import HealConfig
+from _development import (  # bench/_development.py
+    PART_SWAP_20, development_run, healing_data, measure, paired_row, recipe_config, record)
 from frankenllama.healing.pipeline import heal
-from frankenllama.stages.common import DataConfig
-from frankenllama.stages.recipe import OURS_HEAL_OPTIONS, OURS_RECIPE
+from frankenllama.stages.recipe import OURS_RECIPE
 from frankenllama.sublayer import prune_sublayers
 
 RESULTS = Path(__file__).parent / "results" / "zero_shot_recipe_probe.jsonl"
@@ -48,13 +46,10 @@ p.add_argument("--tag", default="s19-wise")
 a = p.parse_args()
 t0 = time.time()
 teacher, tok, blocks, original = development_run(a.items)
-train = token_blocks(tok, load_corpus("wiki-leads", "train"), 256, max_blocks=a.tokens // 256)
-calib = DataConfig("wiki-leads", "calib", 256, a.calib // 256).blocks(tok, teacher)
+train, calib = healing_data(tok, teacher, a.tokens, a.calib)
 states = {}
-options = dict(OURS_HEAL_OPTIONS) | {"kd_weight": a.kdw}  # the recipe's (kd 0.5, LoRA rank 32), --kdw aside
 for recipe in ("linear-patch", OURS_RECIPE):
-    config = HealConfig(recipe=recipe, tokens=a.tokens, batch_size=4, patch_tokens=a.calib, kd_top_k=64, seed=0,
-                        **options)
+    config = recipe_config(a.tokens, a.calib, recipe=recipe, kd_weight=a.kdw)  # the recipe's options, --kdw aside
     student = prune_sublayers(teacher, list(PART_SWAP_20))
     model = heal(student, tok, config, train_blocks=train, teacher=teacher, calib_blocks=calib, eval_blocks=None,
                  progress=False).model
@@ -70,7 +65,7 @@ for alpha in a.alphas:
     with torch.inference_mode():
         got = measure(mixed, tok, blocks, a.items)
     row = {"tag": f"{a.tag}-a{alpha:g}", "units": " ".join(map(str, PART_SWAP_20)), "recipe": OURS_RECIPE,
-           "alpha": alpha, "tokens": a.tokens, "calib": a.calib, "len": 256, "batch": 4, "rank": options["lora_rank"],
+           "alpha": alpha, "tokens": a.tokens, "calib": a.calib, "len": 256, "batch": 4, "rank": config.lora_rank,
            "kdw": a.kdw,
            **paired_row(got, original), "heal_s": round(heal_s), "wall_s": round(time.time() - start)}
     record(row, got, row["tag"], a.items, RESULTS)

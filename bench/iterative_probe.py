@@ -18,12 +18,9 @@ import argparse
 import time
 from pathlib import Path
 
-from _development import PART_SWAP_20, development_run, measure, paired_row, record  # bench/_development.py
-from frankenllama.data import load_corpus, token_blocks
-from frankenllama.healing import HealConfig
+from _development import (  # bench/_development.py
+    PART_SWAP_20, development_run, healing_data, measure, paired_row, recipe_config, record)
 from frankenllama.healing.pipeline import heal
-from frankenllama.stages.common import DataConfig
-from frankenllama.stages.recipe import OURS_HEAL_OPTIONS, OURS_RECIPE
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.units import layer_of
 
@@ -42,19 +39,16 @@ rest = sorted(set(PART_SWAP_20) - set(first))
 if not set(first) < set(PART_SWAP_20) or any(layer_of(u) > min(map(layer_of, first)) for u in rest):
     raise SystemExit("--first must be a part of the cut that lies after the rest of it (so the rest keeps its ids)")
 teacher, tok, blocks, original = development_run(a.items)
-train = token_blocks(tok, load_corpus("wiki-leads", "train"), 256, max_blocks=a.tokens // 256)
-calib = DataConfig("wiki-leads", "calib", 256, a.calib // 256).blocks(tok, teacher)
+train, calib = healing_data(tok, teacher, a.tokens, a.calib)
 half = len(train) // 2
-config = HealConfig(recipe=OURS_RECIPE, tokens=half * 256, batch_size=4, patch_tokens=a.calib, kd_top_k=64, seed=0,
-                    **dict(OURS_HEAL_OPTIONS))
+config = recipe_config(half * 256, a.calib)
 model = teacher
 for units, text in ((first, train[:half]), (rest, train[half:])):
     model = heal(prune_sublayers(model, units), tok, config, train_blocks=text, teacher=teacher, calib_blocks=calib,
                  eval_blocks=None, progress=False).model
 heal_s = time.time() - t0
 got = measure(model, tok, blocks, a.items)
-row = {"tag": a.tag, "units": " ".join(map(str, PART_SWAP_20)), "rounds": [first, rest], "recipe": OURS_RECIPE,
-       "tokens": a.tokens, "calib": a.calib, "len": 256, "batch": 4, "rank": dict(OURS_HEAL_OPTIONS)["lora_rank"],
-       "kdw": dict(OURS_HEAL_OPTIONS)["kd_weight"], **paired_row(got, original), "heal_s": round(heal_s),
-       "wall_s": round(time.time() - t0)}
+row = {"tag": a.tag, "units": " ".join(map(str, PART_SWAP_20)), "rounds": [first, rest], "recipe": config.recipe,
+       "tokens": a.tokens, "calib": a.calib, "len": 256, "batch": 4, "rank": config.lora_rank, "kdw": config.kd_weight,
+       **paired_row(got, original), "heal_s": round(heal_s), "wall_s": round(time.time() - t0)}
 record(row, got, a.tag, a.items, RESULTS)
