@@ -94,7 +94,8 @@ def development_run(items: int) -> tuple:
 
 
 def healing_data(tokenizer, teacher, tokens: int, calib: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A probe's healing inputs: ``tokens`` of wiki-leads ``train`` and ``calib`` of its ``calib`` split, in blocks of 256."""
+    """A probe's healing inputs: ``tokens`` of wiki-leads ``train`` and ``calib`` of its ``calib`` split, in blocks
+    of 256."""
     train = token_blocks(tokenizer, load_corpus("wiki-leads", "train"), 256, max_blocks=tokens // 256)
     return train, DataConfig("wiki-leads", "calib", 256, calib // 256).blocks(tokenizer, teacher)
 

@@ -53,7 +53,7 @@ class SlicedZMQSocketChannel(AsyncZMQSocketChannel):
 
 
 class SlicedKernelClient(AsyncKernelClient):
-    """jupyter_client's async kernel client with sliced waits on the shell (the cell's reply) and IOPub (its outputs)."""
+    """jupyter_client's async kernel client, its waits on shell (a cell's reply) and IOPub (its outputs) sliced."""
 
     shell_channel_class = Type(SlicedZMQSocketChannel)  # type: ignore[assignment]
     iopub_channel_class = Type(SlicedZMQSocketChannel)  # type: ignore[assignment]
@@ -62,6 +62,8 @@ class SlicedKernelClient(AsyncKernelClient):
 class SlicedKernelManager(AsyncKernelManager):
     """jupyter_client's async kernel manager, handing out ``SlicedKernelClient`` s."""
 
+    # both: AsyncKernelManager gives client_factory a default of its own, which a new client_class alone does not
+    # replace (KernelManager derives the factory from client_class, but its subclass's trait default comes first)
     client_class = DottedObjectName(f"{__name__}.SlicedKernelClient")
     client_factory = Type(SlicedKernelClient)
 

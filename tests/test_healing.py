@@ -141,7 +141,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(setup, tmp_path, recipe,
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     torch.testing.assert_close(logits(reloaded, evals), logits(full.model, evals))
     assert heal(student, tok, config, out_dir=out, **kwargs).cached
-    record = heal(student, tok, config, out_dir=out, load_cached=False, **kwargs)  # the record alone, weights left on disk
+    record = heal(student, tok, config, out_dir=out, load_cached=False, **kwargs)  # the record, weights left on disk
     assert record.cached and record.model is None and record.losses == resumed.losses
     assert not (tmp_path / ".healed.checkpoints").exists(), "checkpoints are removed after the final save"
 

@@ -30,8 +30,7 @@ from frankenllama.eval.zero_shot import TaskEvalConfig
 from frankenllama.eval.efficiency import SpeedConfig
 from frankenllama.healing import save
 from frankenllama.models import load_model
-from frankenllama.stages import evaluation
-from frankenllama.stages import DataConfig, PruningConfig, ScoringConfig, SimilarityConfig, shared_model
+from frankenllama.stages import DataConfig, PruningConfig, ScoringConfig, SimilarityConfig, evaluation, shared_model
 from frankenllama.stages.evaluation import BASELINE, EvaluationConfig, comparison_table
 from frankenllama.stages.healing import HealingStageConfig
 from frankenllama.stages.profiles import OURS_DEFAULT
@@ -120,7 +119,8 @@ def test_every_pipeline_at_equal_size_and_budget_then_cached(workbook, monkeypat
             assert not [o for o in box.children[-1].outputs if o.get("output_type") == "error"]
 
     loads = []  # every model folder the re-run loads (it needs none: the heals' records and the measures are cached)
-    monkeypatch.setattr(save, "load_sublayer_pruned", lambda *a, **kw: loads.append(a) or load_sublayer_pruned(*a, **kw))
+    monkeypatch.setattr(save, "load_sublayer_pruned",
+                        lambda *a, **kw: loads.append(a) or load_sublayer_pruned(*a, **kw))
     monkeypatch.setattr(evaluation, "load_model", lambda *a, **kw: loads.append(a) or load_model(*a, **kw))
     again = recipe_stage(config)  # every healed variant is read back: the recorded healing time does not change
     assert again.runs.heal_s.tolist() == runs.heal_s.tolist()

@@ -80,8 +80,9 @@ def _clip_outliers(ax: plt.Axes, points: list[tuple[float, float, float, float, 
     ``points`` are ``(x, value, interval low, interval high, colour)``. A failed pipeline (Lu et al.
     at +2.4 gold bits per byte) would otherwise squeeze every other interval into a line; it is
     drawn as an arrow at the top edge, labelled with its value (on its left; the next of two
-    neighbours one line lower on its right, so labels and arrows do not print over each other). When the other points span nothing
-    (every one at the same value: nothing for the outlier to squeeze) the axis is left whole.
+    neighbours one line lower on its right, so labels and arrows do not print over each other).
+    When the other points span nothing (every one at the same value: nothing for the outlier to
+    squeeze) the axis is left whole.
     """
     highs = sorted((hi for *_, hi, _ in points if np.isfinite(hi)), reverse=True)
     lows = [lo for _, _, lo, _, _ in points if np.isfinite(lo)]
