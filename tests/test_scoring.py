@@ -226,6 +226,28 @@ def test_trunk_nll_is_the_plain_cross_entropy(model):
     assert torch.allclose(got, expected, rtol=1e-6, atol=0)
 
 
+def test_head_products_over_several_samples_give_each_samples_nll(model, monkeypatch):
+    """The LM head runs on groups of samples of at most HEAD_ROWS positions; every sample gets its own sums."""
+    from frankenllama.scoring import trunk as trunk_module
+
+    ids = blocks(5, t=16)
+    trunk = Trunk(model, ids, batch_size=5, bound_vocab=8)
+    trunk.refresh(removal_mask([2], 6, "layer"))
+    h = model.model.norm(trunk.states[6][0][:, :-1])
+    got = {}
+    for rows, sizes in ((1, [1] * 5), (30, [2, 2, 1]), (1024, [5])):
+        monkeypatch.setattr(trunk_module, "HEAD_ROWS", rows)
+        assert [g.stop - g.start for g in trunk_module._sample_groups(h)] == sizes
+        got[rows] = trunk._head_nll(h, 0), trunk._nll_lower_bound(h, 0)
+    with torch.no_grad():
+        logits = trunk.logits(trunk.states[6][0])
+        one_by_one = torch.stack([F.cross_entropy(logits[i], ids[i, 1:], reduction="sum") for i in range(5)]).double()
+    for rows in (30, 1024):
+        assert torch.allclose(got[rows][0], got[1][0], rtol=1e-6, atol=0) and torch.allclose(got[rows][0], one_by_one, rtol=1e-6)
+        assert torch.allclose(got[rows][1], got[1][1], rtol=1e-6, atol=0)
+    assert len(set(got[1][0].tolist())) == 5  # five different samples, five different sums
+
+
 def test_context_measures_once_under_the_same_cache_keys(model):
     """Each measurement is computed once, under the store keys (kind, params) it always had."""
     from frankenllama.units import layer_units
