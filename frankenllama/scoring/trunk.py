@@ -59,7 +59,7 @@ def _sample_groups(h: torch.Tensor) -> list[slice]:
     ``bench/head_rows.py``). There every NLL came out bit-identical to one product per sample (the bench
     checks); elsewhere the two may differ by float rounding.
     """
-    per = max(1, HEAD_ROWS // max(1, h.shape[1]))
+    per = max(1, HEAD_ROWS // h.shape[1])  # h.shape[1] = T - 1 >= 1: Trunk refuses blocks shorter than 2
     return [slice(i, min(i + per, len(h))) for i in range(0, len(h), per)]
 
 
