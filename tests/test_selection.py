@@ -74,6 +74,17 @@ def test_definitions(ctx):
     assert select_layers(ctx, 2, "ablation-nll") == sorted(np.argsort(delta, kind="stable")[:2].tolist())
 
 
+@pytest.mark.parametrize("strategy,k", [("sleb", 2), ("swap-search", 2), ("part-swap", 4)])
+def test_a_shallow_greedy_run_chooses_what_the_deep_one_does(ctx, strategy, k):
+    """compress selects at one k with ``greedy_steps=None`` (the greedy run only as deep as asked); notebook 02
+    runs it to the largest k once: the first steps are the same, so every choice is too."""
+    shallow = SelectionContext(ctx.similarity, ctx.model, ctx.calib, batch_size=2)
+    deep = SelectionContext(ctx.similarity, ctx.model, ctx.calib, batch_size=2, greedy_steps=L - 2)
+    assert select_layers(shallow, k, strategy) == select_layers(deep, k, strategy)
+    asked = k // 2 if STRATEGIES[strategy].paired else k
+    assert len(shallow.greedy(1).order) == asked < len(deep.greedy(1).order) == L - 2
+
+
 def test_bad_input_is_refused(ctx):
     with pytest.raises(UnknownStrategyError, match="unknown strategy 'nope'"):
         select_layers(ctx, 2, "nope")

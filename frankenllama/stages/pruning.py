@@ -110,12 +110,18 @@ def _disk_store(model: str, scoring: ScoringConfig, seed: int):
     return store
 
 
-def scoring_context(config: PruningConfig) -> SelectionContext:
-    """The ``SelectionContext`` of ``config``: notebook 01's similarity, the shared model, calib blocks, a disk cache."""
+def scoring_context(config: PruningConfig, nested: bool = True) -> SelectionContext:
+    """The ``SelectionContext`` of ``config``: notebook 01's similarity, the shared model, calib blocks, a disk cache.
+
+    ``nested``: the greedy searches run to the config's largest k (``greedy_steps``), so that one cached
+    run serves every k of the pruning curves; ``False`` for a caller that selects at one k (``compress``):
+    they run only as far as that selection asks (the same first steps, hence the same choice).
+    """
     model, tokenizer = shared_model(config.similarity.model)
     calib = config.scoring.calib.blocks(tokenizer, model)
     return SelectionContext(similarity_stage(config.similarity), model, calib, batch_size=config.scoring.batch_size,
-                       shortlist=config.scoring.shortlist, progress=True, greedy_steps=config.greedy_steps,
+                       shortlist=config.scoring.shortlist, progress=True,
+                       greedy_steps=config.greedy_steps if nested else None,
                        sublayer_blocks=config.scoring.sublayer_blocks, jackknife=config.scoring.taylor_jackknife,
                        store=_disk_store(config.similarity.model, config.scoring, config.seed),
                        stream_store=config.scoring.stream_store)
