@@ -437,6 +437,21 @@ def cached_json(
                    dump, lambda r: len(json.dumps(r, indent=2)) + 4096, lock_timeout)
 
 
+def stored_arrays(stage: str, config: Any, root: Path | None = None, code: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
+    """What ``cached_arrays`` holds for ``stage`` and ``config``, or ``None``: computes, locks and writes nothing.
+
+    For a caller that can use a related entry (a longer run of a nested search) in place of its own;
+    an entry that fails its checks reads as absent (``cached_arrays`` quarantines it when asked).
+    """
+    folder = cache_path(stage, config, paths.CACHE_DIR if root is None else Path(root), code)
+    if not (folder / META_FILE).exists():
+        return None
+    try:
+        return _read_entry(folder, "arrays.npz", _load_arrays, code_version(tuple(code)) if code else None)
+    except CorruptEntryError:
+        return None
+
+
 def cached_arrays(
     stage: str,
     config: Any,

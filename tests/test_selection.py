@@ -13,6 +13,7 @@ import torch
 
 from conftest import tiny_llama
 from frankenllama import select_layers
+from frankenllama.cache import cached_arrays, stored_arrays
 from frankenllama.loss import next_token_nll
 from frankenllama.scoring import ATTN, SCORES, SelectionContext, greedy_removal, part_swap_search, swap_search
 from frankenllama.selection import KINDS, STRATEGIES, SWAP_STARTS, UnknownStrategyError, check_k, methods_table, swap_starts
@@ -83,6 +84,44 @@ def test_a_shallow_greedy_run_chooses_what_the_deep_one_does(ctx, strategy, k):
     assert select_layers(shallow, k, strategy) == select_layers(deep, k, strategy)
     asked = k // 2 if STRATEGIES[strategy].paired else k
     assert len(shallow.greedy(1).order) == asked < len(deep.greedy(1).order) == L - 2
+
+
+def test_greedy_runs_stored_at_another_depth_are_read_or_extended(ctx, tmp_path, monkeypatch):
+    """With a disk store and its peek (as notebook 02 and compress share one), a later context reads a deeper
+    stored run instead of searching again, and extends a shallower one from where it stopped."""
+    import frankenllama.scoring.context as context_module
+
+    runs, starts = [], []
+    search = context_module.greedy_removal
+
+    def recorded(*args, start=(), **kw):  # the real search; records where each run starts
+        starts.append(list(start))
+        return search(*args, start=start, **kw)
+
+    monkeypatch.setattr(context_module, "greedy_removal", recorded)
+
+    def store(kind, params, compute):
+        def counted():
+            if kind.startswith("greedy"):  # the store also holds the scan SLEB's first step reads
+                runs.append(params["k"])
+            return compute()
+
+        return cached_arrays("scores", {"kind": kind, "params": params}, counted, root=tmp_path)
+
+    def peek(kind, params):
+        return stored_arrays("scores", {"kind": kind, "params": params}, root=tmp_path)
+
+    def context(**kw):
+        return SelectionContext(ctx.similarity, ctx.model, ctx.calib, batch_size=2, store=store, peek=peek, **kw)
+
+    reference = SelectionContext(ctx.similarity, ctx.model, ctx.calib, batch_size=2).greedy(5)
+    assert context().greedy(2).order == reference.order[:2] and runs == [2]  # compress: two steps, stored
+    deep = context(greedy_steps=5).greedy(3)  # notebook 02 afterwards: from step 3 on, stored under 5
+    assert deep.order == reference.order and np.allclose(deep.nll, reference.nll, atol=1e-6) and runs == [2, 5]
+    assert starts[-1] == reference.order[:2]
+    assert len(deep.evaluated) == len(reference.evaluated)
+    assert context().greedy(4).order == reference.order and runs == [2, 5]  # read, nothing searched
+    assert select_layers(context(), 4, "sleb") == sorted(reference.order[:4]) and runs == [2, 5]
 
 
 def test_bad_input_is_refused(ctx):

@@ -49,6 +49,12 @@ class UnknownScoreError(KeyError):
 
 
 Store = Callable[[str, dict[str, Any], Callable[[], dict[str, np.ndarray]]], dict[str, np.ndarray]]
+Peek = Callable[[str, dict[str, Any]], "dict[str, np.ndarray] | None"]  # a stored entry, or None: computes nothing
+
+
+def _greedy_result(granularity: Granularity, arrays: dict[str, np.ndarray]) -> GreedyResult:
+    return GreedyResult(granularity, [int(u) for u in arrays["order"]], [float(v) for v in arrays["nll"]],
+                        float(arrays["base_nll"]), [int(v) for v in arrays["evaluated"]])
 
 
 def _memory_store() -> Store:
@@ -82,6 +88,8 @@ class SelectionContext:
         batch_size: blocks per forward pass.
         shortlist: candidate shortlist of the greedy searches (``None``: exact; see ``greedy_removal``).
         store: ``store(kind, params, compute) -> arrays`` cache; in-memory by default.
+        peek: ``peek(kind, params) -> arrays | None``, what ``store`` holds without computing: lets a greedy
+            search start from a run of another depth stored by an earlier context (``greedy``).
         progress: show progress bars of the long computations.
         greedy_steps: run the greedy searches to at least this many steps whatever k is asked, so
             that one (cached) run serves every k (they are nested).
@@ -106,6 +114,7 @@ class SelectionContext:
         shortlist: int | None = None,
         store: Store | None = None,
         progress: bool = False,
+        peek: Peek | None = None,
         scans: Sequence[AblationScan] = (),
         taylor: TaylorScores | None = None,
         greedy_steps: int | None = None,
@@ -130,6 +139,7 @@ class SelectionContext:
         self.batch_size = batch_size
         self.shortlist = shortlist
         self.store = store or _memory_store()
+        self.peek = peek
         self.progress = progress
         self._greedy: dict[str, GreedyResult] = {}
         self._scans = {scan.granularity: scan for scan in scans}
@@ -191,11 +201,21 @@ class SelectionContext:
         return self._taylor
 
     def greedy(self, k: int, granularity: Granularity = "layer") -> GreedyResult:
-        """The iterative greedy search (``greedy_removal``) run to at least ``k`` steps (reusing and extending shorter runs)."""
+        """The iterative greedy search (``greedy_removal``) run to at least ``k`` steps (reusing and extending shorter runs).
+
+        The runs are nested (the first steps of a deeper run are a shallower one), so with ``peek`` the
+        deepest run stored under any depth serves: read when it is deep enough, extended otherwise.
+        """
         self.require_model("the iterative greedy search")
         units = num_units(self.num_layers, granularity)
         k = min(max(k, self.greedy_steps or 0), units - 1)
+        kind, rest = f"greedy-{granularity}", {"shortlist": self.shortlist, "batch_size": self.batch_size} | self._blocks_param(granularity)
         known = self._greedy.get(granularity)
+        if known is None and self.peek is not None:
+            stored = (self.peek(kind, {"k": depth} | rest) for depth in range(units - 1, 0, -1))
+            arrays = next((a for a in stored if a is not None), None)
+            if arrays is not None:
+                known = self._greedy[granularity] = _greedy_result(granularity, arrays)
         if known is not None and len(known.order) >= k:
             return known
 
@@ -212,11 +232,7 @@ class SelectionContext:
             return {"order": np.array(run.order), "nll": np.array(nll), "base_nll": np.array(base),
                     "evaluated": np.array(([] if known is None else known.evaluated) + run.evaluated)}
 
-        params = {"k": k, "shortlist": self.shortlist, "batch_size": self.batch_size} | self._blocks_param(granularity)
-        arrays = self.store(f"greedy-{granularity}", params, compute)
-        result = GreedyResult(granularity, [int(u) for u in arrays["order"]], [float(v) for v in arrays["nll"]],
-                              float(arrays["base_nll"]), [int(v) for v in arrays["evaluated"]])
-        self._greedy[granularity] = result
+        result = self._greedy[granularity] = _greedy_result(granularity, self.store(kind, {"k": k} | rest, compute))
         return result
 
     def swap(self, start: Sequence[int], alternatives: Sequence[Sequence[int]] = ()) -> SwapResult:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from frankenllama.budget import Budget, count_params, fit_budget, unit_params
-from frankenllama.cache import NOT_IN_KEY, cached_arrays, cached_json, config_key, seed_everything
+from frankenllama.cache import NOT_IN_KEY, cached_arrays, cached_json, config_key, seed_everything, stored_arrays
 from frankenllama.models import num_layers
 from frankenllama.scoring import SelectionContext, Trunk
 from frankenllama.selection import STRATEGIES, check_k, get_strategy, select_layers
@@ -103,11 +103,17 @@ class PruningConfig:
 
 
 def _disk_store(model: str, scoring: ScoringConfig, seed: int):
-    def store(kind: str, params: dict[str, Any], compute):
-        key = {"model": model, "calib": scoring.calib, "kind": kind, "params": params}
-        return cached_arrays("scores", key, compute, seed=seed, code=CODE)
+    """The selection context's ``store`` and ``peek`` on the disk cache (``scores``), shared by every context of ``scoring``."""
+    def key(kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        return {"model": model, "calib": scoring.calib, "kind": kind, "params": params}
 
-    return store
+    def store(kind: str, params: dict[str, Any], compute):
+        return cached_arrays("scores", key(kind, params), compute, seed=seed, code=CODE)
+
+    def peek(kind: str, params: dict[str, Any]):
+        return stored_arrays("scores", key(kind, params), code=CODE)
+
+    return store, peek
 
 
 def scoring_context(config: PruningConfig, nested: bool = True) -> SelectionContext:
@@ -115,15 +121,16 @@ def scoring_context(config: PruningConfig, nested: bool = True) -> SelectionCont
 
     ``nested``: the greedy searches run to the config's largest k (``greedy_steps``), so that one cached
     run serves every k of the pruning curves; ``False`` for a caller that selects at one k (``compress``):
-    they run only as far as that selection asks (the same first steps, hence the same choice).
+    they run only as far as that selection asks. Either way a run of another depth stored before is read,
+    or extended (the same first steps, hence the same choices).
     """
     model, tokenizer = shared_model(config.similarity.model)
     calib = config.scoring.calib.blocks(tokenizer, model)
+    store, peek = _disk_store(config.similarity.model, config.scoring, config.seed)
     return SelectionContext(similarity_stage(config.similarity), model, calib, batch_size=config.scoring.batch_size,
-                       shortlist=config.scoring.shortlist, progress=True,
+                       shortlist=config.scoring.shortlist, progress=True, store=store, peek=peek,
                        greedy_steps=config.greedy_steps if nested else None,
                        sublayer_blocks=config.scoring.sublayer_blocks, jackknife=config.scoring.taylor_jackknife,
-                       store=_disk_store(config.similarity.model, config.scoring, config.seed),
                        stream_store=config.scoring.stream_store)
 
 
