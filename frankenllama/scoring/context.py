@@ -114,7 +114,6 @@ class SelectionContext:
         shortlist: int | None = None,
         store: Store | None = None,
         progress: bool = False,
-        peek: Peek | None = None,
         scans: Sequence[AblationScan] = (),
         taylor: TaylorScores | None = None,
         greedy_steps: int | None = None,
@@ -122,6 +121,7 @@ class SelectionContext:
         jackknife: bool = False,
         stream_store: str = "device",
         stream_dir: str | None = None,
+        peek: Peek | None = None,
     ):
         if similarity is None and scans:
             similarity = next(iter(scans)).similarity()
