@@ -47,7 +47,7 @@ else:
     calib = token_blocks(tok, texts[::-1], a.len, max_blocks=a.blocks)  # from the end: the training probe reads the start
 start = time.time()
 ctx = SelectionContext(similarity_stage(pruning.similarity), model, calib, batch_size=4, shortlist=pruning.scoring.shortlist,
-                       progress=False, greedy_steps=pruning.greedy_steps, sublayer_blocks=a.sub)
+                       progress=False, sublayer_blocks=a.sub)
 units = sorted(part_swap(ctx, 12))
 row = {"text": a.text, "blocks": a.blocks, "sub": a.sub, "len": a.len, "units": units, "seconds": round(time.time() - start)}
 print(json.dumps(row))

@@ -77,8 +77,8 @@ def test_definitions(ctx):
 
 @pytest.mark.parametrize("strategy,k", [("sleb", 2), ("swap-search", 2), ("part-swap", 4)])
 def test_a_shallow_greedy_run_chooses_what_the_deep_one_does(ctx, strategy, k):
-    """compress selects at one k with ``greedy_steps=None`` (the greedy run only as deep as asked); notebook 02
-    runs it to the largest k once: the first steps are the same, so every choice is too."""
+    """A context without ``greedy_steps`` (notebook 02's and compress's) runs the greedy search only as deep as
+    asked; one with it runs deeper at once: the first steps are the same, so every choice is too."""
     shallow = SelectionContext(ctx.similarity, ctx.model, ctx.calib, batch_size=2)
     deep = SelectionContext(ctx.similarity, ctx.model, ctx.calib, batch_size=2, greedy_steps=L - 2)
     assert select_layers(shallow, k, strategy) == select_layers(deep, k, strategy)

@@ -82,7 +82,7 @@ def select(config: CompressConfig, model: PreTrainedModel, model_id: str, ran: l
 
     def compute() -> dict[str, Any]:
         seed_everything(pruning.seed)
-        ctx = scoring_context(pruning, nested=False)  # SLEB's greedy run only as deep as part-swap's start needs
+        ctx = scoring_context(pruning)
         tried = []
         for strategy in strategies:
             try:

@@ -95,12 +95,6 @@ class PruningConfig:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
-    @property
-    def greedy_steps(self) -> int | None:
-        """How far the nested greedy searches run: to the largest k where search strategies are measured."""
-        ks = [k for k in self.ks if self.search_ks is None or k in self.search_ks]
-        return max(ks, default=0) or None
-
 
 def _disk_store(model: str, scoring: ScoringConfig, seed: int):
     """The selection context's ``store`` and ``peek`` on the disk cache (``scores``), shared by every context of ``scoring``."""
@@ -116,20 +110,18 @@ def _disk_store(model: str, scoring: ScoringConfig, seed: int):
     return store, peek
 
 
-def scoring_context(config: PruningConfig, nested: bool = True) -> SelectionContext:
+def scoring_context(config: PruningConfig) -> SelectionContext:
     """The ``SelectionContext`` of ``config``: notebook 01's similarity, the shared model, calib blocks, a disk cache.
 
-    ``nested``: the greedy searches run to the config's largest k (``greedy_steps``), so that one cached
-    run serves every k of the pruning curves; ``False`` for a caller that selects at one k (``compress``):
-    they run only as far as that selection asks. Either way a run of another depth stored before is read,
-    or extended (the same first steps, hence the same choices).
+    A greedy search runs only as deep as a selection asks, and a run stored before at any depth is read or
+    extended (the same first steps, hence the same choices): the pruning curves ask each nested strategy's
+    largest k first, so one run serves every k; ``compress``, selecting at one k, runs no deeper than it needs.
     """
     model, tokenizer = shared_model(config.similarity.model)
     calib = config.scoring.calib.blocks(tokenizer, model)
     store, peek = _disk_store(config.similarity.model, config.scoring, config.seed)
     return SelectionContext(similarity_stage(config.similarity), model, calib, batch_size=config.scoring.batch_size,
                        shortlist=config.scoring.shortlist, progress=True, store=store, peek=peek,
-                       greedy_steps=config.greedy_steps if nested else None,
                        sublayer_blocks=config.scoring.sublayer_blocks, jackknife=config.scoring.taylor_jackknife,
                        stream_store=config.scoring.stream_store)
 
