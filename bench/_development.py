@@ -5,6 +5,7 @@ eval split (``compress`` 32); the probes that chose the recipe read later blocks
 so a choice is not tuned on the text it is reported on. (``compress --profile thesis`` scores 64
 blocks, which overlap the out-of-domain ones here.)
 """
+import argparse
 import json
 import pickle
 from pathlib import Path
@@ -98,6 +99,18 @@ def healing_data(tokenizer, teacher, tokens: int, calib: int) -> tuple[torch.Ten
     of 256."""
     train = token_blocks(tokenizer, load_corpus("wiki-leads", "train"), 256, max_blocks=tokens // 256)
     return train, DataConfig("wiki-leads", "calib", 256, calib // 256).blocks(tokenizer, teacher)
+
+
+def recipe_arguments(description: str, items: int, tag: str) -> argparse.ArgumentParser:
+    """A probe's command line with the recipe's budgets (``--tokens``, ``--calib``, ``--kdw``), ``--items`` and
+    ``--tag``; the probe adds its own arguments."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--tokens", type=int, default=32768, help="training tokens of the recipe (compress's default)")
+    p.add_argument("--calib", type=int, default=32768, help="calibration tokens of the linear patch")
+    p.add_argument("--kdw", type=float, default=0.5, help="kd_weight of the recipe")
+    p.add_argument("--items", type=int, default=items, help="zero-shot items per task")
+    p.add_argument("--tag", default=tag)
+    return p
 
 
 def recipe_config(tokens: int, calib: int, **changes) -> HealConfig:

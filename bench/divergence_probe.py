@@ -19,7 +19,6 @@ original on the development items and blocks; ``bench/pair_probes.py`` pairs it 
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 
 import frankenllama.healing.trainer as trainer
 from _development import (  # bench/_development.py
-    PART_SWAP_20, development_run, healing_data, measure, paired_row, recipe_config, record)
+    PART_SWAP_20, development_run, healing_data, measure, paired_row, recipe_arguments, recipe_config, record)
 from frankenllama.healing.pipeline import heal
 from frankenllama.healing.teacher import sparse_kl
 from frankenllama.sublayer import prune_sublayers
@@ -53,13 +52,8 @@ def symmetric_kl(student_logp, indices, teacher_logp, s_top=None) -> torch.Tenso
 
 DIVERGENCES = {"reverse": reverse_kl, "symmetric": symmetric_kl}
 
-p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p = recipe_arguments(__doc__.splitlines()[0], items=400, tag="")
 p.add_argument("--div", choices=sorted(DIVERGENCES), default="reverse")
-p.add_argument("--tokens", type=int, default=32768, help="training tokens of the recipe (compress's default)")
-p.add_argument("--calib", type=int, default=32768, help="calibration tokens of the linear patch")
-p.add_argument("--kdw", type=float, default=0.5, help="kd_weight of the recipe")
-p.add_argument("--items", type=int, default=400)
-p.add_argument("--tag", default="")
 a = p.parse_args()
 t0 = time.time()
 teacher, tok, blocks, original = development_run(a.items)

@@ -21,7 +21,6 @@ with each other (tags ``<tag>-a<α>``).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import time
 from pathlib import Path
@@ -29,20 +28,15 @@ from pathlib import Path
 import torch
 
 from _development import (  # bench/_development.py
-    PART_SWAP_20, development_run, healing_data, measure, paired_row, recipe_config, record)
+    PART_SWAP_20, development_run, healing_data, measure, paired_row, recipe_arguments, recipe_config, record)
 from frankenllama.healing.pipeline import heal
 from frankenllama.stages.recipe import OURS_RECIPE
 from frankenllama.sublayer import prune_sublayers
 
 RESULTS = Path(__file__).parent / "results" / "zero_shot_recipe_probe.jsonl"
 
-p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+p = recipe_arguments(__doc__.splitlines()[0], items=200, tag="s19-wise")
 p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.75], help="scales of the healing update to measure")
-p.add_argument("--tokens", type=int, default=32768, help="training tokens of the recipe (compress's default)")
-p.add_argument("--calib", type=int, default=32768, help="calibration tokens of the linear patch")
-p.add_argument("--kdw", type=float, default=0.5, help="kd_weight of the recipe")
-p.add_argument("--items", type=int, default=200)
-p.add_argument("--tag", default="s19-wise")
 a = p.parse_args()
 t0 = time.time()
 teacher, tok, blocks, original = development_run(a.items)
