@@ -62,7 +62,7 @@ class CompressConfig:
         train_batch: training blocks per optimizer step (``tokens // (train_batch · block_len)`` steps;
             32 at the default budget). At the 64k-token budget of sessions 12-14, one block per step (256
             steps) was tried and not adopted: +1.3 points acc_norm on development items ([-0.3, +2.8]), +0.2
-            on the reported ones, out-of-domain perplexity 1.22 instead of 1.20; at today's 32k tokens (128
+            on the reported ones, out-of-domain perplexity 1.22 instead of 1.20; at the default 32k tokens (128
             steps, session 23) it answered the 1,200 development items alike (0.0 [-0.9, +0.9] points) with
             0.018 more gold bits per byte (``bench/zero_shot_recipe_probe.py --batch``).
         batch_size: blocks per forward pass when measuring perplexity.
