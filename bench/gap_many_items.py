@@ -69,6 +69,7 @@ for t in tasks:
     a, b = 100.0 * np.array([r[0] for r in ours[t]]), 100.0 * np.array([r[0] for r in base[t]])
     d = paired_difference(a, b)
     row[f"acc_norm_{t}"] = [round(d.diff, 2), round(d.low, 2), round(d.high, 2)]
+    row[f"lost_gained_{t}"] = [int(((b > 0) & (a == 0)).sum()), int(((b == 0) & (a > 0)).sum())]  # answers changed
 row["mcnemar_p"] = round(mcnemar(column(ours, 0, 1.0).astype(int), column(base, 0, 1.0).astype(int)).p_value, 4)
 print(json.dumps(row))
 with open("bench/results/gap_many_items.jsonl", "a") as f:
