@@ -387,6 +387,14 @@ def _read_entry(folder: Path, payload: str, load: Callable[[Path], Any], version
         raise CorruptEntryError(f"{folder / payload} cannot be read ({type(err).__name__}: {err})") from None
 
 
+def _read_verified(folder: Path, payload: str, load: Callable[[Path], Any], version: str | None) -> tuple[bool, Any]:
+    """``(True, result)`` of the entry in ``folder`` if it passes its checks, else ``(False, None)``; no lock, no write."""
+    if (folder / META_FILE).exists():
+        with contextlib.suppress(CorruptEntryError):
+            return True, _read_entry(folder, payload, load, version)
+    return False, None
+
+
 def _cached(stage: str, config: Any, compute: Callable[[], Any], seed: int | None, root: Path,
             code: tuple[str, ...], payload: str, load: Callable[[Path], Any],
             dump: Callable[[Any, Path], None], size: Callable[[Any], int], lock_timeout: float | None) -> Any:
@@ -394,9 +402,9 @@ def _cached(stage: str, config: Any, compute: Callable[[], Any], seed: int | Non
     root = paths.CACHE_DIR if root is None else Path(root)
     folder = cache_path(stage, config, root, code)
     version = code_version(tuple(code)) if code else None
-    if (folder / META_FILE).exists():
-        with contextlib.suppress(CorruptEntryError):  # checked again under the lock: a writer may be mid-swap
-            return _read_entry(folder, payload, load, version)
+    found, result = _read_verified(folder, payload, load, version)  # checked again under the lock: a writer may be mid-swap
+    if found:
+        return result
     with contextlib.ExitStack() as held:
         with _writing(folder):  # creating the lock file is the first write
             held.enter_context(entry_lock(folder, lock_timeout))
@@ -444,12 +452,7 @@ def stored_arrays(stage: str, config: Any, root: Path | None = None, code: tuple
     an entry that fails its checks reads as absent (``cached_arrays`` quarantines it when asked).
     """
     folder = cache_path(stage, config, paths.CACHE_DIR if root is None else Path(root), code)
-    if not (folder / META_FILE).exists():
-        return None
-    try:
-        return _read_entry(folder, "arrays.npz", _load_arrays, code_version(tuple(code)) if code else None)
-    except CorruptEntryError:
-        return None
+    return _read_verified(folder, "arrays.npz", _load_arrays, code_version(tuple(code)) if code else None)[1]
 
 
 def cached_arrays(
