@@ -29,11 +29,24 @@ class UsageError(Exception):
     """Bad input from the command line: printed as one line, exit status 2, nothing written."""
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every verb's help: each option's default after its help, except where there is none to show.
+
+    An option whose default is ``None`` (its help says where the value comes from: the profile, the
+    model) or a flag (``False``) gets no ``(default: None)`` / ``(default: False)``.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m frankenllama",
         description="Make llama-family models shallower: compress, export, plan.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True

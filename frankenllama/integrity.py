@@ -244,6 +244,8 @@ def _run_verify(args: argparse.Namespace) -> int:
 
 def add_cache_parser(sub: argparse._SubParsersAction) -> None:
     """``python -m frankenllama cache verify [--root DIR] [--fix]``."""
+    from frankenllama.cli import HelpFormatter
+
     parser = sub.add_parser("cache", help="check the cache", description="Check the cache's checksums.")
     cache_sub = parser.add_subparsers(dest="cache_verb", metavar="ACTION")
     cache_sub.required = True
@@ -252,7 +254,7 @@ def add_cache_parser(sub: argparse._SubParsersAction) -> None:
         description="Check every cache entry and model folder against the checksums recorded when it was "
                     "written. Prints one line per entry (ok / corrupt / quarantined / legacy / unchecked / "
                     "stale) and a summary; exits 1 if a corrupt entry is left.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     verify.add_argument("--root", type=resolve_user_path, default=CACHE_DIR, help="the cache folder to check")
     verify.add_argument("--fix", action="store_true",

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from frankenllama.cli import UsageError
+from frankenllama.cli import HelpFormatter, UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Remove the blocks (or attention / MLP sub-blocks) a selection strategy finds least needed "
                     "until the model meets TARGET, heal it (training-free linear patch, then distillation from the "
                     "original), and save it with report.json / report.md (perplexity in and out of domain, paired "
-                    "zero-shot differences with 95 %% intervals, speed). Re-running the same command resumes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                    "zero-shot differences with 95 % intervals, speed). Re-running the same command resumes.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--model", required=True, help="registry name (smollm2-135m), transformers folder or .gguf file")
     parser.add_argument("--target", required=True, help=FORMS.replace("%", "%%"))

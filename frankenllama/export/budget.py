@@ -127,11 +127,13 @@ def describe(row: dict[str, Any]) -> str:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``budget`` verb."""
+    from frankenllama.cli import HelpFormatter
+
     parser = sub.add_parser(
         "budget", help="best (removal, quantization) under a memory budget",
         description="From the deployment table (notebook 06), the combination of lowest perplexity whose "
                     "GGUF weights plus F16 KV cache fit in MEMORY at CONTEXT tokens.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--memory", required=True, help="memory budget, e.g. 64MB, 512MiB, 2GB")
     parser.add_argument("--context", type=int, default=2048, help="context length the KV cache must hold")

@@ -6,20 +6,20 @@ import argparse
 import json
 import sys
 
-from frankenllama.cli import UsageError
+from frankenllama.cli import HelpFormatter, UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    """Register the ``export-gguf`` verb."""
+    """Register the ``export-gguf`` verb (also ``export``)."""
     from frankenllama.export.gguf import QTYPES  # imported only when the verb is listed or run
 
     parser = sub.add_parser(
-        "export-gguf",
-        help="write a (pruned) model as a GGUF file for llama.cpp",
+        "export-gguf", aliases=["export"],
+        help="write a (pruned) model as a GGUF file for llama.cpp (alias: export)",
         description="Export a registry model, a transformers folder or a workbook variant (sub-block-pruned "
                     "ones included) to GGUF, like convert_hf_to_gguf.py; whole blocks removed give a `llama` "
                     "file, sub-blocks removed a `deci` file with per-layer shapes.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("src", help="registry name (smollm2-135m), transformers folder or variant folder")
     parser.add_argument("out", help="the GGUF file to write (its folder must exist)")

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from frankenllama.cli import UsageError
+from frankenllama.cli import HelpFormatter, UsageError
 from frankenllama.plan.devices import DeviceSpecError, parse_devices
 from frankenllama.plan.healing import ADAPTERS
 from frankenllama.plan.stages import Settings
@@ -109,7 +109,11 @@ def add_parser(sub) -> None:
     """Register the ``plan`` verb."""
     d = Settings.from_profile()
     parser = sub.add_parser("plan", help="per-stage memory, FLOPs and time of a model from its config alone",
-                            description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            description="Estimate, from the model's config alone (no weight is read), the memory, FLOPs and "
+                                        "time of each stage of compressing it on DEVICES: similarity pass, ablation "
+                                        "scan, greedy searches, healing, zero-shot evaluation. Values in brackets "
+                                        "are the default profile's.",
+                            formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="config.json, a folder holding one, or a cached registry name")
     parser.add_argument("--devices", default="cpu", help="device spec: cpu, cpu-64GB, A100-40GB, 2xH100-80GB, 4x24GB")
     parser.add_argument("--throughput", type=float, default=None,
