@@ -122,14 +122,17 @@ def _written(root: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("case", ["strategy", "recipe", "met", "everything", "exists", "non-llama", "missing", "target",
-                                  "ood-is-healing-text"])
+                                  "ood-is-healing-text", "no-corpus-file", "no-ood-file", "corpus-too-small",
+                                  "unknown-task", "no-task-file", "malformed-task"])
 def test_bad_input_is_one_line_naming_the_fix_and_writes_nothing(workbook, tmp_path, capsys, case):
     out = tmp_path / "out"
     args = {"--model": workbook["model"], "--target": "0.8", "--out": str(out), "--profile": "smoke"}
     expect = {"strategy": "unknown strategy", "recipe": "unknown healing recipe", "met": "already within it",
               "everything": "remove every block", "exists": "--force", "non-llama": "llama-family",
               "missing": "unknown model", "target": "cannot read target",
-              "ood-is-healing-text": "never trained or calibrated on"}[case]  # fmt: skip
+              "ood-is-healing-text": "never trained or calibrated on", "no-corpus-file": "--corpus",
+              "no-ood-file": "--ood-corpus", "corpus-too-small": "give more documents", "unknown-task": "unknown task",
+              "no-task-file": "does not exist", "malformed-task": "missing field(s) ['gold']"}[case]  # fmt: skip
     if case == "strategy":
         args["--strategy"] = "largest-first"
     elif case == "recipe":
@@ -149,6 +152,15 @@ def test_bad_input_is_one_line_naming_the_fix_and_writes_nothing(workbook, tmp_p
         args["--model"] = str(tmp_path / "no-such-model")
     elif case == "ood-is-healing-text":
         args["--corpus"] = args["--ood-corpus"] = workbook["corpus"]
+    elif case in ("no-corpus-file", "no-ood-file"):  # found out before any step, not at the evaluation
+        args["--corpus" if case == "no-corpus-file" else "--ood-corpus"] = str(tmp_path / "no-such-text.txt")
+    elif case == "corpus-too-small":
+        (tmp_path / "two.txt").write_text("one document\n\nanother one\n")
+        args["--corpus"] = str(tmp_path / "two.txt")
+    elif case in ("unknown-task", "no-task-file", "malformed-task"):
+        (tmp_path / "bad.jsonl").write_text('{"query": "Q?", "choices": [" a", " b"]}\n')
+        args["--tasks"] = {"unknown-task": "piqa-ish", "no-task-file": str(tmp_path / "none.jsonl"),
+                           "malformed-task": str(tmp_path / "bad.jsonl")}[case]
     else:
         args["--target"] = "lots"
     before = _written(tmp_path)

@@ -11,7 +11,8 @@ from frankenllama.cli import HelpFormatter, UsageError
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``compress`` verb (defaults come from ``frankenllama.compress.config``)."""
-    from frankenllama.compress.config import DEFAULT_HEAL, DEFAULT_STRATEGY, FALLBACK_STRATEGY, PROFILES
+    from frankenllama.compress.config import DEFAULT_HEAL, DEFAULT_STRATEGY, DEFAULT_TASKS, FALLBACK_STRATEGY, PROFILES
+    from frankenllama.eval.tasks import TASKS
     from frankenllama.compress.target import FORMS
 
     d = PROFILES["default"]
@@ -33,6 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--calib-tokens", type=int, default=None,
                         help=f"calibration tokens of the linear patch (profile: {d['calib_tokens']})")
     parser.add_argument("--eval-items", type=int, default=None, help=f"zero-shot items per task (profile: {d['eval_items']})")
+    parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                        help=f"zero-shot tasks: registry names ({', '.join(sorted(TASKS))}) or .jsonl files of "
+                             '{"query", "choices", "gold"} lines (default: ' + " ".join(DEFAULT_TASKS) + ")")
     parser.add_argument("--corpus", default=None,
                         help="in-domain text: a corpus name or a text file; its train/calib splits heal, its eval split "
                              "is reported (default: wiki-leads)")
@@ -55,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = CompressConfig.from_profile(args.model, args.target, args.profile, strategy=args.strategy, heal=args.heal,
                                              tokens=args.tokens, calib_tokens=args.calib_tokens,
-                                             eval_items=args.eval_items, seed=args.seed, corpus=args.corpus,
+                                             eval_items=args.eval_items, tasks=args.tasks, seed=args.seed, corpus=args.corpus,
                                              ood_corpus=args.ood_corpus)  # fmt: skip
         command = "python -m frankenllama " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compress"] else None
         result = compress(config, args.out, force=args.force, command=command)

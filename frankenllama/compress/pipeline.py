@@ -41,6 +41,9 @@ from frankenllama.compress import steps
 from frankenllama.compress.config import CompressConfig
 from frankenllama.compress.report import markdown, perplexity_comparison, speed_summary, zero_shot_comparison
 from frankenllama.compress.steps import CompressError
+from frankenllama.data import load_corpus
+from frankenllama.eval.tasks import load_task
+from frankenllama.healing import parse_recipe
 from frankenllama.healing.fingerprint import model_digest
 from frankenllama.integrity import write_manifest
 from frankenllama.models import UnsupportedModelError, check_architecture, model_folder, num_layers
@@ -100,6 +103,24 @@ def check_output(out: Path, force: bool) -> None:
         raise CompressError(f"--out {out} exists; pass --force to replace it, or choose another folder")
 
 
+def check_inputs(config: CompressConfig) -> None:
+    """Read every text split and zero-shot task the run will read, so that a missing file, an empty split or a
+    malformed task fails before any work (``CompressError``), not after the selection and the heal."""
+    trained = any(s.name != "linear-patch" for s in parse_recipe(config.heal))
+    reads = [("--corpus", config.corpus, "calib"), *([("--corpus", config.corpus, "train")] if trained else []),
+             ("--corpus", config.corpus, "eval"), ("--ood-corpus", config.ood_corpus, "eval")]
+    for flag, corpus, split in reads:
+        try:
+            load_corpus(corpus, split)
+        except (OSError, ValueError) as err:
+            raise CompressError(f"{flag} {corpus}: {str(err).splitlines()[0]}") from None
+    for task in config.tasks:
+        try:
+            load_task(task)
+        except (OSError, ValueError) as err:
+            raise CompressError(f"--tasks {task}: {str(err).splitlines()[0]}") from None
+
+
 def load(name: str) -> tuple[PreTrainedModel, Any]:
     """The model and tokenizer (one shared copy per process); a missing or non-llama model is a ``CompressError``."""
     try:
@@ -150,6 +171,7 @@ def compress(config: CompressConfig, out: str | Path, force: bool = False, comma
         print(f"compress: {out} already holds this run (report.json); nothing to do", file=sys.stderr)
         return CompressResult(None, out, done, complete_before=True)
     check_output(out, force)
+    check_inputs(config)
     started = time.perf_counter()
     teacher, tokenizer = load(config.model)
     steps.strategy_budgets(config, teacher)  # a target the model meets, or one removing every block, fails here
