@@ -116,9 +116,11 @@ class CompressConfig:
                 raise CompressConfigError(str(err.args[0])) from None
         ints = {"tokens": self.tokens, "calib_tokens": self.calib_tokens, "block_len": self.block_len,
                 "train_batch": self.train_batch, "batch_size": self.batch_size, "eval_blocks": self.eval_blocks, "n_boot": self.n_boot}  # fmt: skip
+        if self.eval_items is not None:
+            ints["eval_items"] = self.eval_items  # None: every item
         bad = [f"{k}={v!r}" for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
-        if bad or self.block_len < 2 or (self.eval_items is not None and self.eval_items < 1):
-            raise CompressConfigError(f"settings must be positive integers (block_len >= 2): {bad or self.eval_items}")
+        if bad or self.block_len < 2:
+            raise CompressConfigError(f"settings must be positive integers (block_len >= 2): {bad or ['block_len=1']}")
         if str(self.corpus) == str(self.ood_corpus):
             raise CompressConfigError(f"--ood-corpus {self.ood_corpus!r} is the healing corpus: out-of-domain text must be "
                                       "text the recipe never trained or calibrated on; name another corpus or text file")
