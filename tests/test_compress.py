@@ -206,10 +206,15 @@ def test_compress_meets_the_target_saves_a_loadable_model_and_a_consistent_repor
         assert z["low"] <= z["diff"] <= z["high"]
         assert z["diff"] == pytest.approx(z["compressed"] - z["original"], abs=1e-9)
     assert report["zero_shot"]["items_per_task"] == {"task": config.eval_items}
+    for metric in ("acc_norm", "gold_bpb"):  # one task: its own interval is the task average's difference
+        t, z = report["zero_shot"]["per_task"][metric]["task"], report["zero_shot"][metric]
+        assert t["n"] == config.eval_items and t["low"] <= t["diff"] <= t["high"]
+        assert t["diff"] == pytest.approx(z["diff"], abs=1e-9)
     assert set(report["steps"]) == set(STEPS) and report["healing"]["recipe"].endswith("kd-lora")
     assert report["healing"]["tokens_seen"] == 256 and report["speed"]["decode_tps_b1"]["ratio"] > 0
     assert {"torch", "transformers"} <= set(report["provenance"]["versions"]) and report["provenance"]["code"]["version"]
-    assert (tmp_path / "out" / "report.md").read_text().count("| in-domain |") == 1
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert md.count("| in-domain |") == 1 and f"| task | {config.eval_items} |" in md
 
     # the same command again: the folder holds this run, nothing is recomputed or rewritten
     stamp = (tmp_path / "out" / REPORT_JSON).stat().st_mtime_ns

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from frankenllama.eval.paired import paired_difference
-from frankenllama.stages.evaluation import paired_table
+from frankenllama.stages.evaluation import paired_table, task_differences
 
 ZERO_SHOT_METRICS = ("acc_norm", "gold_bpb")
 
@@ -54,6 +54,12 @@ def zero_shot_comparison(original: dict[str, Any], compressed: dict[str, Any], n
         out[metric] = entry
     out["per_task_acc_norm"] = {t: {"original": 100 * original[t]["acc_norm"], "compressed": 100 * compressed[t]["acc_norm"]}
                                 for t in original}  # fmt: skip
+    # each task's own paired difference and interval (the task average above resamples items within tasks)
+    out["per_task"] = {metric: {task: {"diff": float(r["diff"]), "low": float(r["low"]), "high": float(r["high"]),
+                                       "significant": bool(r["significant"]), "n": int(r["n"])}
+                                for task, r in task_differences(stage, "compressed", metric, n_boot=n_boot, seed=seed)
+                                .drop(index="average").iterrows()}
+                       for metric in ZERO_SHOT_METRICS}  # fmt: skip
     return out
 
 
@@ -96,14 +102,25 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {domain} | {p['corpus']} | {p['blocks']} | {p['ppl_original']:.2f} | {p['ppl_compressed']:.2f} | "
                      f"{_interval(p['ppl_ratio'], p['ratio_low'], p['ratio_high'])} | {_verdict(p['significant'], p['nll_diff'], True)} |")
     z = report["zero_shot"]
-    lines += ["", f"## Zero-shot (paired over the same items: {z['items_per_task']})", "",
+    items = ", ".join(f"{task} {n}" for task, n in z["items_per_task"].items())
+    lines += ["", f"## Zero-shot (paired over the same items: {items})", "",
               "| metric | original | compressed | difference [95 % CI] | |", "|---|---|---|---|---|"]
     for metric in ZERO_SHOT_METRICS:
         e = z[metric]
         p = f"; McNemar p = {e['mcnemar_p']:.3g}" if "mcnemar_p" in e else ""
         lines.append(f"| {metric} | {e['original']:.3f} | {e['compressed']:.3f} | {_interval(e['diff'], e['low'], e['high'])} | "
                      f"{_verdict(e['significant'], e['diff'], metric == 'gold_bpb')}{p} |")
-    lines += ["", "acc_norm in points (task average), gold_bpb in bits per byte of the gold answer (lower is better).", "",
+    lines += ["", "acc_norm in points (task average), gold_bpb in bits per byte of the gold answer (lower is better)."]
+    if "per_task" in z:  # reports written before it was added have no per-task intervals
+        lines += ["", "Per task (each task's own paired interval):", "",
+                  "| task | items | acc_norm original | compressed | difference [95 % CI] | gold_bpb difference [95 % CI] |",
+                  "|---|---|---|---|---|---|"]
+        for task, acc in z["per_task"]["acc_norm"].items():
+            bpb, raw = z["per_task"]["gold_bpb"][task], z["per_task_acc_norm"][task]
+            lines.append(f"| {task} | {acc['n']} | {raw['original']:.1f} | {raw['compressed']:.1f} | "
+                         f"{_interval(acc['diff'], acc['low'], acc['high'], '{:+.1f}')} | "
+                         f"{_interval(bpb['diff'], bpb['low'], bpb['high'], '{:+.3f}')} |")
+    lines += ["",
               "## Speed (compressed / original, measured side by side)", ""]
     sp = report["speed"]
     lines += [f"- {k}: {v['original']:.1f} → {v['compressed']:.1f} tokens/s, ratio {v['ratio']:.3f}" for k, v in sp.items() if isinstance(v, dict) and "ratio" in v]
