@@ -31,10 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from frankenllama.export.gguf import ExportError, check_output, export_gguf
+    from frankenllama.export.gguf import ExportError, check_output, export_gguf, resolve_source
 
     try:
-        check_output(args.out, args.force)  # bad output paths fail before any progress is printed
+        check_output(args.out, args.force)  # bad paths, out or src, fail before any progress is printed
+        resolve_source(args.src)
         print(f"exporting {args.src} -> {args.out} ({args.qtype})", file=sys.stderr)
         summary = export_gguf(args.src, args.out, args.qtype, force=args.force, pre_tokenizer=args.pre_tokenizer)
     except (ExportError, ValueError) as err:
