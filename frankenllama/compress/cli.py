@@ -12,8 +12,8 @@ from frankenllama.cli import HelpFormatter, UsageError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``compress`` verb (defaults come from ``frankenllama.compress.config``)."""
     from frankenllama.compress.config import DEFAULT_HEAL, DEFAULT_STRATEGY, DEFAULT_TASKS, FALLBACK_STRATEGY, PROFILES
-    from frankenllama.eval.tasks import TASKS
     from frankenllama.compress.target import FORMS
+    from frankenllama.eval.tasks import TASKS
 
     d = PROFILES["default"]
     parser = sub.add_parser(
