@@ -6,7 +6,8 @@ import pytest
 
 from frankenllama import cli
 
-HELP_PAGES = [["--help"], *([verb, "--help"] for verb in cli.VERBS), ["cache", "verify", "--help"], ["export", "--help"]]
+HELP_PAGES = [["--help"], *([verb, "--help"] for verb in cli.VERBS), ["cache", "verify", "--help"],
+              ["export", "--help"]]
 
 
 @pytest.mark.parametrize("argv", HELP_PAGES, ids=lambda argv: " ".join(argv[:-1]) or "top")

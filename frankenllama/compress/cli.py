@@ -59,8 +59,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = CompressConfig.from_profile(args.model, args.target, args.profile, strategy=args.strategy, heal=args.heal,
                                              tokens=args.tokens, calib_tokens=args.calib_tokens,
-                                             eval_items=args.eval_items, tasks=args.tasks, seed=args.seed, corpus=args.corpus,
-                                             ood_corpus=args.ood_corpus)  # fmt: skip
+                                             eval_items=args.eval_items, tasks=args.tasks, seed=args.seed,
+                                             corpus=args.corpus, ood_corpus=args.ood_corpus)  # fmt: skip
         command = "python -m frankenllama " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["compress"] else None
         result = compress(config, args.out, force=args.force, command=command)
     except (CompressError, CompressConfigError, TargetError) as err:

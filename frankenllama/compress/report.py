@@ -113,7 +113,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "acc_norm in points (task average), gold_bpb in bits per byte of the gold answer (lower is better)."]
     if "per_task" in z:  # reports written before it was added have no per-task intervals
         lines += ["", "Per task (each task's own paired interval):", "",
-                  "| task | items | acc_norm original | compressed | difference [95 % CI] | gold_bpb difference [95 % CI] |",
+                  "| task | items | acc_norm original | compressed | difference [95 % CI] "
+                  "| gold_bpb difference [95 % CI] |",
                   "|---|---|---|---|---|---|"]
         for task, acc in z["per_task"]["acc_norm"].items():
             bpb, raw = z["per_task"]["gold_bpb"][task], z["per_task_acc_norm"][task]

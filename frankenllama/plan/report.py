@@ -109,10 +109,10 @@ def add_parser(sub) -> None:
     """Register the ``plan`` verb."""
     d = Settings.from_profile()
     parser = sub.add_parser("plan", help="per-stage memory, FLOPs and time of a model from its config alone",
-                            description="Estimate, from the model's config alone (no weight is read), the memory, FLOPs and "
-                                        "time of each stage of compressing it on DEVICES: similarity pass, ablation "
-                                        "scan, greedy searches, healing, zero-shot evaluation. Values in brackets "
-                                        "are the default profile's.",
+                            description="Estimate, from the model's config alone (no weight is read), the memory, "
+                                        "FLOPs and time of each stage of compressing it on DEVICES: similarity pass, "
+                                        "ablation scan, greedy searches, healing, zero-shot evaluation. Values in "
+                                        "brackets are the default profile's.",
                             formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="config.json, a folder holding one, or a cached registry name")
     parser.add_argument("--devices", default="cpu", help="device spec: cpu, cpu-64GB, A100-40GB, 2xH100-80GB, 4x24GB")
