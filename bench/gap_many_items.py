@@ -1,5 +1,6 @@
 """The acc_norm gap of a compressed model on many more items than any report scores: every ARC-Easy
-and PIQA validation item and ``--hellaswag`` HellaSwag ones (seed 0), paired with the original.
+and PIQA validation item and ``--hellaswag`` HellaSwag ones (seed 0), paired with the original; or
+every item of other ``--tasks`` (``--limit`` items each, seed 0), for the tasks no step was chosen on.
 
 The reports score 150 items per task (``compress``) or 40-50 (notebooks 04-05), where acc_norm's paired
 interval is 3-8 points wide on each side; this measures how far the recipe really is from the original.
@@ -7,6 +8,7 @@ Items are the benchmarks' validation items, which no step trains or calibrates o
 (seed 1, 400 per task) and compress's reported items (seed 0, 150 per task) are among them.
 
     python bench/gap_many_items.py /tmp/smol-0.843 --hellaswag 1000
+    python bench/gap_many_items.py /tmp/smol-0.843 --tasks arc_challenge winogrande openbookqa sciq
 """
 
 from __future__ import annotations
@@ -25,17 +27,26 @@ from frankenllama.models import load_model
 from frankenllama.paths import CACHE_DIR
 from frankenllama.stages.common import shared_model
 
+DEFAULT = ("arc_easy", "piqa", "hellaswag")  # the reports' tasks, the ones the recipe was developed on
+
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("model", help="the compressed model's folder (compress --out)")
 p.add_argument("--hellaswag", type=int, default=1000, help="HellaSwag items (of 10,042), drawn with seed 0")
+p.add_argument("--tasks", nargs="+", default=list(DEFAULT), help="registry tasks (not the default three: every item "
+               "of each, or --limit)")
+p.add_argument("--limit", type=int, default=None, help="items per task of --tasks, drawn with seed 0 (default: all)")
 args = p.parse_args()
 torch.set_num_threads(2)
-limits = {"arc_easy": None, "piqa": None, "hellaswag": args.hellaswag}
+default = tuple(args.tasks) == DEFAULT
+limits = ({"arc_easy": None, "piqa": None, "hellaswag": args.hellaswag} if default
+          else {t: args.limit for t in args.tasks})
+# the default three keep the cache names of session 22's runs; other task sets are named by their tasks
+suffix = str(args.hellaswag) if default else f"{'-'.join(args.tasks)}_{args.limit or 'all'}"
 
 
 def scores(model, tokenizer, name: str) -> dict[str, list]:
     """Per-item (acc_norm, gold_bpb, gold_prob_norm) by task, kept in the cache under ``name``."""
-    path = CACHE_DIR / f"gap_many_items_{name}_{args.hellaswag}.pkl"
+    path = CACHE_DIR / f"gap_many_items_{name}_{suffix}.pkl"
     if path.exists():
         return pickle.loads(path.read_bytes())
     started = time.perf_counter()
