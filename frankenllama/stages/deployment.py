@@ -59,7 +59,11 @@ from frankenllama.sublayer import prune_sublayers
 from frankenllama.surgery import drop_layers
 from frankenllama.variants import variant_path
 
-CODE = ("frankenllama.export", "frankenllama.sublayer", "frankenllama.surgery", "frankenllama.data",
+# the export modules that write and run the files (not the command lines, the budget verb or mergekit: a help
+# string or the budget reader changes no deployed model)
+EXPORT_CODE = ("frankenllama.export.gguf", "frankenllama.export.vocab", "frankenllama.export.llamacpp",
+               "frankenllama.export.probe")
+CODE = (*EXPORT_CODE, "frankenllama.sublayer", "frankenllama.surgery", "frankenllama.data",
         "frankenllama.models", "frankenllama.loss", "frankenllama.healing", "frankenllama.stages.healing",
         "frankenllama.selection", "frankenllama.budget", "frankenllama.stages.pruning", "frankenllama.stages.recipe",
         "frankenllama.stages.deployment")  # what computes the cached result (healing / the recipe: the healed rows)
