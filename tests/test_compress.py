@@ -220,6 +220,11 @@ def test_compress_meets_the_target_saves_a_loadable_model_and_a_consistent_repor
     stamp = (tmp_path / "out" / REPORT_JSON).stat().st_mtime_ns
     assert compress(config, tmp_path / "out").complete_before
     assert (tmp_path / "out" / REPORT_JSON).stat().st_mtime_ns == stamp
+    # with force it is rebuilt (a new report after a code update), every step read back, the same model
+    forced = compress(config, tmp_path / "out", force=True)
+    assert not forced.complete_before and (tmp_path / "out" / REPORT_JSON).stat().st_mtime_ns != stamp
+    assert all(forced.report["steps"][s]["cached"] for s in ("select", "heal", "evaluate", "speed"))
+    assert forced.report["ids"] == report["ids"] and forced.report["zero_shot"] == report["zero_shot"]
     # killed before the final rename: every step is read back, nothing is retrained
     monkeypatch.setattr(trainer.RecipeTrainer, "step", lambda *a, **k: pytest.fail("retrained"))
     shutil.rmtree(tmp_path / "out")

@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", default="default", choices=sorted(PROFILES),
                         help="budgets and scoring settings (thesis: a GPU; smoke: tests)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every step")
-    parser.add_argument("--force", action="store_true", help="replace an existing --out")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out (one holding this very run is rebuilt from the cached steps)")
     parser.set_defaults(run=run)
 
 

@@ -17,7 +17,8 @@ killed run stopped (``frankenllama.compress.steps``):
 
 Bad input fails before anything is written, with one line naming the fix (``CompressError``,
 ``TargetError``, ``CompressConfigError``). An ``out`` that holds this very run's report is left as
-it is (the run is complete); any other existing ``out`` needs ``force``.
+it is (the run is complete) unless ``force`` is given, which rebuilds it from the cached steps (a new
+report after a code update costs seconds); any other existing ``out`` needs ``force``.
 """
 
 from __future__ import annotations
@@ -166,9 +167,10 @@ def _healed(config: CompressConfig, teacher, tokenizer, student, selection, reco
 def compress(config: CompressConfig, out: str | Path, force: bool = False, command: str | None = None) -> CompressResult:
     """Compress ``config.model`` to ``config.target`` and save it with its report in ``out`` (see the module docstring)."""
     out = resolve_user_path(out)
-    done = finished_report(out, config)
+    done = None if force else finished_report(out, config)
     if done is not None:
-        print(f"compress: {out} already holds this run (report.json); nothing to do", file=sys.stderr)
+        print(f"compress: {out} already holds this run (report.json); nothing to do (--force rebuilds it)",
+              file=sys.stderr)
         return CompressResult(None, out, done, complete_before=True)
     check_output(out, force)
     check_inputs(config)
