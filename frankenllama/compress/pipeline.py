@@ -42,7 +42,7 @@ from frankenllama.compress import steps
 from frankenllama.compress.config import CompressConfig
 from frankenllama.compress.report import markdown, perplexity_comparison, speed_summary, zero_shot_comparison
 from frankenllama.compress.steps import CompressError
-from frankenllama.data import load_corpus
+from frankenllama.data import EmptyCorpusError, load_corpus
 from frankenllama.eval.tasks import load_task
 from frankenllama.healing import parse_recipe
 from frankenllama.healing.fingerprint import model_digest
@@ -113,6 +113,10 @@ def check_inputs(config: CompressConfig) -> None:
     for flag, corpus, split in reads:
         try:
             load_corpus(corpus, split)
+        except EmptyCorpusError:
+            raise CompressError(f"{flag} {corpus}: its {split!r} split holds no document (each document goes to a split "
+                                "by a hash of its key: about 10 % to eval, 10 % to calib, 80 % to train); give more "
+                                "documents, separated by blank lines") from None
         except (OSError, ValueError) as err:
             raise CompressError(f"{flag} {corpus}: {str(err).splitlines()[0]}") from None
     for task in config.tasks:
