@@ -114,9 +114,9 @@ def check_inputs(config: CompressConfig) -> None:
         try:
             load_corpus(corpus, split)
         except EmptyCorpusError:
-            raise CompressError(f"{flag} {corpus}: its {split!r} split holds no document (each document goes to a split "
-                                "by a hash of its key: about 10 % to eval, 10 % to calib, 80 % to train); give more "
-                                "documents, separated by blank lines") from None
+            raise CompressError(f"{flag} {corpus}: its {split!r} split holds no document (each document goes to a "
+                                "split by a hash of its key: about 10 % to eval, 10 % to calib, 80 % to train); give "
+                                "more documents, separated by blank lines") from None
         except (OSError, ValueError) as err:
             raise CompressError(f"{flag} {corpus}: {str(err).splitlines()[0]}") from None
     for task in config.tasks:
