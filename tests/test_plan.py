@@ -84,6 +84,20 @@ def test_cli_bad_devices_exit_2(capsys):
     assert "error: unknown device kind" in err and err.count("\n") == 1
 
 
+def test_a_composed_recipe_plans_each_of_its_steps(capsys):
+    config = str(DATA / "llama-3.1-8b")
+
+    def rows(recipe: str) -> list[tuple[str, str]]:
+        return [(s.name, s.what) for s in plan(config, "1xH100-80GB", Settings(recipe=recipe)).stages]
+
+    patch, kd, both = rows("linear-patch"), rows("kd-lora"), rows("linear-patch+kd-lora")
+    assert patch[4][0] == "linear patch" and kd[4][0] == "teacher top-k pass"  # after the 4 selection stages
+    assert both == patch[:5] + kd[4:]  # the patch, then the distillation's rows, then the evaluation
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--model", config, "--heal", "linear-patch+magic"])
+    assert exit_.value.code == 2 and "cannot plan healing recipe 'magic'" in capsys.readouterr().err
+
+
 def test_llama_8b_on_one_h100(capsys):
     assert main(["plan", "--model", str(DATA / "llama-3.1-8b"), "--devices", "1xH100-80GB", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -10,6 +10,8 @@ for trained weights, 1 × for frozen weights on the gradient path (``frankenllam
 
 from __future__ import annotations
 
+import dataclasses
+
 from frankenllama.plan.stages import (Footprint, Planner, Settings, StageEstimate, infer_token_bytes,
                                       logits_bytes, lora_params_per_block, saved_token_bytes)
 
@@ -82,9 +84,22 @@ def linear_patch(p: Planner, s: Settings) -> StageEstimate:
     return p.row("linear patch", f"fit on {s.heal_tokens:,} tok (teacher + student)", fp, flops)
 
 
+def check_recipe(recipe: str) -> str:
+    """``recipe`` if it is a plannable recipe or a ``+`` composition of them (``linear-patch+kd-lora``), else
+    ``ValueError`` naming the ones there are."""
+    unknown = [part for part in recipe.split("+") if part not in ADAPTERS]
+    if unknown:
+        raise ValueError(f"cannot plan healing recipe {unknown[0]!r}: plannable recipes are {sorted(ADAPTERS)}, or "
+                         "a composition of them joined by '+' (compress's default: linear-patch+kd-lora)")
+    return recipe
+
+
 def healing_rows(p: Planner, s: Settings) -> list[StageEstimate]:
     """The healing rows of recipe ``s.recipe``: for a distilling recipe, the cached-targets route (teacher
-    pass + steps) and the co-located teacher; otherwise the steps alone."""
+    pass + steps) and the co-located teacher; otherwise the steps alone. A composition (``a+b``) gets each
+    part's rows in order (its steps run one after the other)."""
+    if "+" in check_recipe(s.recipe):
+        return [row for part in s.recipe.split("+") for row in healing_rows(p, dataclasses.replace(s, recipe=part))]
     if s.recipe == "linear-patch":
         return [linear_patch(p, s)]
     if s.recipe in DISTILLS:

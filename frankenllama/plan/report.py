@@ -9,7 +9,7 @@ import sys
 
 from frankenllama.cli import HelpFormatter, UsageError
 from frankenllama.plan.devices import DeviceSpecError, parse_devices
-from frankenllama.plan.healing import ADAPTERS
+from frankenllama.plan.healing import ADAPTERS, check_recipe
 from frankenllama.plan.stages import Settings
 
 GB = 1e9
@@ -105,6 +105,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(text: str) -> str:
+    try:
+        return check_recipe(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def add_parser(sub) -> None:
     """Register the ``plan`` verb."""
     d = Settings.from_profile()
@@ -127,7 +134,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"blocks per batch, every stage [similarity {d.calib_batch}, others {d.score_batch}]")
     parser.add_argument("--k", type=int, default=None, help="blocks to remove [20%% of the blocks]")
-    parser.add_argument("--heal", default=d.recipe, choices=sorted(ADAPTERS), help="healing recipe")
+    parser.add_argument("--heal", default=d.recipe, type=_recipe,
+                        help=f"healing recipe ({', '.join(sorted(ADAPTERS))}) or a composition joined by '+', "
+                             "e.g. linear-patch+kd-lora")
     parser.add_argument("--tokens", type=int, default=None, help=f"healing token budget [{d.heal_tokens}]")
     parser.add_argument("--eval-tokens", type=int, default=None, help=f"zero-shot evaluation tokens [{d.eval_tokens}]")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
