@@ -24,6 +24,7 @@ from frankenllama.compress import CompressConfig, CompressConfigError, TargetErr
 from frankenllama.compress.pipeline import REPORT_JSON, STEPS
 from frankenllama.data import load_corpus, token_blocks
 from frankenllama.eval.perplexity import perplexity
+from frankenllama.eval.tasks import DEFAULT_TASKS as EVALUATOR_TASKS
 from frankenllama.healing import trainer
 from frankenllama.models import load_model
 from tiny_lm import char_tokenizer, tiny_llama
@@ -72,6 +73,13 @@ def test_targets_become_the_budgets_they_mean():
     for everything in ("0L", str(floor - 1), "0.01"):
         with pytest.raises(TargetError, match="remove every block"):
             parse_target(everything).budget(model, "sublayer")
+
+
+def test_profiles_score_their_tasks():
+    default, thesis = (CompressConfig.from_profile("m", "0.8", p) for p in ("default", "thesis"))
+    assert default.tasks == ("arc_easy", "piqa", "hellaswag") and default.eval_items == 150
+    assert thesis.tasks == EVALUATOR_TASKS and len(thesis.tasks) == 8 and thesis.eval_items is None  # every item
+    assert CompressConfig.from_profile("m", "0.8", "thesis", tasks=["piqa"]).tasks == ("piqa",)  # --tasks wins
 
 
 def test_config_refuses_unknown_strategy_recipe_profile_and_settings():

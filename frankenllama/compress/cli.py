@@ -36,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-items", type=int, default=None, help=f"zero-shot items per task (profile: {d['eval_items']})")
     parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                         help=f"zero-shot tasks: registry names ({', '.join(sorted(TASKS))}) or .jsonl files of "
-                             '{"query", "choices", "gold"} lines (default: ' + " ".join(DEFAULT_TASKS) + ")")
+                             '{"query", "choices", "gold"} lines (profile: ' + " ".join(DEFAULT_TASKS) + "; thesis: the "
+                             "evaluator's eight, frankenllama.eval.tasks.DEFAULT_TASKS)")
     parser.add_argument("--corpus", default=None,
                         help="in-domain text: a corpus name or a text file; its train/calib splits heal, its eval split "
                              "is reported (default: wiki-leads)")
