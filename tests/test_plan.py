@@ -96,6 +96,9 @@ def test_a_composed_recipe_plans_each_of_its_steps(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["plan", "--model", config, "--heal", "linear-patch+magic"])
     assert exit_.value.code == 2 and "cannot plan healing recipe 'magic'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # compress's composition rules: the training-free patch first
+        main(["plan", "--model", config, "--heal", "kd-lora+linear-patch"])
+    assert exit_.value.code == 2 and "the training-free patch must come first" in capsys.readouterr().err
 
 
 def test_llama_8b_on_one_h100(capsys):

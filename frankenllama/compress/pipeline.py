@@ -107,7 +107,7 @@ def check_output(out: Path, force: bool) -> None:
 def check_inputs(config: CompressConfig) -> None:
     """Read every text split and zero-shot task the run will read, so that a missing file, an empty split or a
     malformed task fails before any work (``CompressError``), not after the selection and the heal."""
-    trained = any(s.name != "linear-patch" for s in parse_recipe(config.heal))
+    trained = any(s.trains for s in parse_recipe(config.heal))
     reads = [("--corpus", config.corpus, "calib"), *([("--corpus", config.corpus, "train")] if trained else []),
              ("--corpus", config.corpus, "eval"), ("--ood-corpus", config.ood_corpus, "eval")]
     for flag, corpus, split in reads:

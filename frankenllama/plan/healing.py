@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from frankenllama.healing import UnknownRecipeError, parse_recipe
 from frankenllama.plan.stages import (Footprint, Planner, Settings, StageEstimate, infer_token_bytes,
                                       logits_bytes, lora_params_per_block, saved_token_bytes)
 
@@ -84,22 +85,26 @@ def linear_patch(p: Planner, s: Settings) -> StageEstimate:
     return p.row("linear patch", f"fit on {s.heal_tokens:,} tok (teacher + student)", fp, flops)
 
 
-def check_recipe(recipe: str) -> str:
-    """``recipe`` if it is a plannable recipe or a ``+`` composition of them (``linear-patch+kd-lora``), else
-    ``ValueError`` naming the ones there are."""
-    unknown = [part for part in recipe.split("+") if part not in ADAPTERS]
+def recipe_steps(recipe: str) -> list[str]:
+    """The steps of ``recipe``, a plannable recipe or a composition that ``frankenllama.healing.parse_recipe``
+    accepts (``linear-patch+kd-lora``); ``ValueError`` naming the problem otherwise."""
+    unknown = [name for name in recipe.split("+") if name.strip() not in ADAPTERS]
     if unknown:
         raise ValueError(f"cannot plan healing recipe {unknown[0]!r}: plannable recipes are {sorted(ADAPTERS)}, or "
                          "a composition of them joined by '+' (compress's default: linear-patch+kd-lora)")
-    return recipe
+    try:
+        return [step.name for step in parse_recipe(recipe)]  # the composition rules compress heals by
+    except UnknownRecipeError as err:
+        raise ValueError(err.args[0]) from None
 
 
 def healing_rows(p: Planner, s: Settings) -> list[StageEstimate]:
     """The healing rows of recipe ``s.recipe``: for a distilling recipe, the cached-targets route (teacher
     pass + steps) and the co-located teacher; otherwise the steps alone. A composition (``a+b``) gets each
     part's rows in order (its steps run one after the other)."""
-    if "+" in check_recipe(s.recipe):
-        return [row for part in s.recipe.split("+") for row in healing_rows(p, dataclasses.replace(s, recipe=part))]
+    steps = recipe_steps(s.recipe)
+    if len(steps) > 1:
+        return [row for step in steps for row in healing_rows(p, dataclasses.replace(s, recipe=step))]
     if s.recipe == "linear-patch":
         return [linear_patch(p, s)]
     if s.recipe in DISTILLS:

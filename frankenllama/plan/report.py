@@ -9,7 +9,7 @@ import sys
 
 from frankenllama.cli import HelpFormatter, UsageError
 from frankenllama.plan.devices import DeviceSpecError, parse_devices
-from frankenllama.plan.healing import ADAPTERS, check_recipe
+from frankenllama.plan.healing import ADAPTERS, recipe_steps
 from frankenllama.plan.stages import Settings
 
 GB = 1e9
@@ -107,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _recipe(text: str) -> str:
     try:
-        return check_recipe(text)
+        recipe_steps(text)
+        return text
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
