@@ -200,3 +200,59 @@ def test_smollm2_estimates_against_measurements():
     print(f"similarity time: estimated {rows['similarity'].seconds:.2f} s at {p.devices.tflops} TFLOP/s, "
           f"measured {sim['seconds']:.2f} s ({rows['similarity'].forward_flops / sim['seconds'] / 1e9:.1f} GFLOP/s)")
     print(f"ablation step time: estimated {step / p.devices.tflops / 1e12:.2f} s, measured {scan['seconds']:.2f} s")
+
+
+# --------------------------------------------------------------------------------------------------
+# compress's run: --target
+# --------------------------------------------------------------------------------------------------
+def test_compress_workload_is_compress_profile():
+    from frankenllama.compress.config import PROFILES, CompressConfig
+    from frankenllama.plan.stages import ITEM_TOKENS
+
+    s, c = Settings.from_compress("default"), CompressConfig(model="m", target="0.8", **PROFILES["default"])
+    assert (s.workload, s.recipe, s.heal_tokens, s.patch_tokens, s.lora_rank) == (
+        "compress", c.heal, c.tokens, c.calib_tokens, 32)
+    assert s.eval_tokens == c.eval_items * sum(ITEM_TOKENS[t] for t in c.tasks)
+    assert s.ppl_tokens == 2 * c.eval_blocks * c.block_len
+    thesis = Settings.from_compress("thesis")
+    assert thesis.heal_tokens == PROFILES["thesis"]["tokens"] and thesis.eval_tokens > 20 * s.eval_tokens  # every item
+    with pytest.raises(ValueError, match="unknown profile 'fast'"):
+        Settings.from_compress("fast")
+
+
+def test_compress_plan_on_llama_8b():
+    config = str(DATA / "llama-3.1-8b")
+    p = plan(config, "1xH100-80GB", Settings.from_compress(), target="0.8")
+    # 0.2 × 8,030,261,248 parameters over blocks of 218,112,000 (attention 2·4096² + 2·4096·1024, MLP 3·4096·14336,
+    # two norms): 7.4 blocks' worth, so 8
+    assert p.settings.k == 8
+    names = [r.name for r in p.stages]
+    assert names == ["similarity", "ablation scan", "sub-block scan", "SLEB greedy", "swap search", "part-swap search",
+                     "linear patch", "teacher top-k pass", "heal kd-lora", "heal kd-lora", "evaluate both"]
+    rows = {r.name: r for r in p.stages}
+    assert "32,768 tok" in rows["linear patch"].what and "64 units" in rows["sub-block scan"].what
+    notebooks = plan(config, "1xH100-80GB", Settings(k=8, eval_tokens=p.settings.eval_tokens))
+    one = next(r for r in notebooks.stages if r.name == "zero-shot eval")
+    # the original (32 blocks) and the pruned model (24), plus perplexity
+    assert rows["evaluate both"].forward_flops > 2 * one.forward_flops
+    assert plan(config, "1xH100-80GB", Settings.from_compress(), target="24L").settings.k == 8
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--target", "0.8", "--k", "4"], "--k and --target both"),
+    (["--target", "1.5"], "must be in (0, 1]"),
+    (["--target", "1.0"], "already within it"),
+    (["--target", "0.8", "--heal", "lora"], "compress's run, which heals with linear-patch+kd-lora"),
+])
+def test_compress_plan_bad_input(argv, message, capsys):
+    assert main(["plan", "--model", str(DATA / "llama-3.1-8b"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "planning" not in err  # one line, before any work
+
+
+def test_compress_plan_cli(capsys):
+    argv = ["plan", "--model", str(DATA / "llama-3.1-8b"), "--devices", "1xH100-80GB", "--target", "0.8", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["settings"]["workload"] == "compress" and out["settings"]["k"] == 8
+    assert [s["name"] for s in out["stages"]][-1] == "evaluate both"

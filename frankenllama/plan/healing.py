@@ -77,12 +77,15 @@ def heal(p: Planner, s: Settings, colocated: bool) -> StageEstimate:
 
 def linear_patch(p: Planner, s: Settings) -> StageEstimate:
     """ReplaceMe's least-squares patch (arXiv:2505.02819): teacher and student forward over the patch
-    tokens, float64 normal equations ``XᵀX``, ``XᵀY`` (2·H² each) accumulated: ``N·((L + S)·f_blk + 4H²)``."""
+    tokens (``patch_tokens``, else the healing tokens), float64 normal equations ``XᵀX``, ``XᵀY``
+    (2·H² each) accumulated: ``N·((L + S)·f_blk + 4H²)``. An upper bound: the fit reads the streams
+    only up to the removed run (on SmolLM2 at 20 %, about half the estimate, README)."""
     m, b, L = p.shape, p.bytes, p.shape.num_layers
     S, bt = L - s.removed(L), s.heal_batch * s.heal_block_len
     fp = Footprint((S, L), each=bt * infer_token_bytes(m, b), first=2 * m.hidden**2 * 8)
-    flops = s.heal_tokens * ((L + S) * m.block_flops(s.heal_block_len) + 4 * m.hidden**2)
-    return p.row("linear patch", f"fit on {s.heal_tokens:,} tok (teacher + student)", fp, flops)
+    tokens = s.heal_tokens if s.patch_tokens is None else s.patch_tokens
+    flops = tokens * ((L + S) * m.block_flops(s.heal_block_len) + 4 * m.hidden**2)
+    return p.row("linear patch", f"fit on {tokens:,} tok (teacher + student)", fp, flops)
 
 
 def recipe_steps(recipe: str) -> list[str]:

@@ -90,15 +90,57 @@ def swap_search(p: Planner, s: Settings) -> StageEstimate:
                  s.score_tokens * per_token)
 
 
+def sublayer_scan(p: Planner, s: Settings) -> StageEstimate:
+    """One-sub-block-out ablation of all 2L attention and MLP sub-blocks (NLL only: part-swap's cost).
+
+    Sub-block u of block ℓ restarts from the cached stream entering ℓ and runs the L − ℓ blocks from
+    there (without u), then an LM head: ``N·(L·f_blk + L(L+1)·f_blk + (2L + 1)·f_head)``.
+    """
+    m, L, T = p.shape, p.shape.num_layers, s.score_block_len
+    flops = s.sublayer_tokens * ((L + L * (L + 1)) * m.block_flops(T) + (2 * L + 1) * m.head_flops())
+    return p.row("sub-block scan", f"{2 * L} units, {s.sublayer_tokens:,} tok, T={T}, B={s.score_batch}",
+                 scan_footprint(p, s), flops)
+
+
+def part_swap(p: Planner, s: Settings) -> StageEstimate:
+    """Part-swap from swap search's k blocks (``part_swap_search``): each round tries, for each of the
+    ``part_width`` cheapest kept attentions, the k swaps that put a removed attention back for it, every
+    trial from the first changed block (≈ L/2 blocks) plus an LM head, after refreshing the streams
+    from that block once per kept attention: ``N·(L·f_blk + R·W·((k + 1)·L/2·f_blk + k·f_head))``."""
+    m, L, T = p.shape, p.shape.num_layers, s.score_block_len
+    k, W, R = s.removed(L), s.part_width, s.part_rounds
+    per_token = L * m.block_flops(T) + R * W * ((k + 1) * L / 2 * m.block_flops(T) + k * m.head_flops())
+    return p.row("part-swap search", f"{R} round x {W * k} swaps of attentions", search_footprint(p, s),
+                 s.score_tokens * per_token)
+
+
+def compress_evaluation(p: Planner, s: Settings) -> StageEstimate:
+    """compress's report: the original (L blocks) and the compressed model (S) each over the zero-shot tokens
+    and the held-out perplexity tokens of both domains, forward only; the original's footprint."""
+    m, L = p.shape, p.shape.num_layers
+    S = L - s.removed(L)
+    tokens = s.eval_tokens + s.ppl_tokens
+    flops = tokens * (m.forward_flops(s.eval_block_len, L) + m.forward_flops(s.eval_block_len, S))
+    fp = evaluation_footprint(p, s, L)
+    return p.row("evaluate both", f"original + {S} blocks, {s.eval_tokens:,} + {s.ppl_tokens:,} tok", fp, flops)
+
+
+def evaluation_footprint(p: Planner, s: Settings, blocks: int) -> Footprint:
+    """One batch's block activations and logits, and a KV cache of B sequences of T tokens for the speed check."""
+    m, b = p.shape, p.bytes
+    bt = s.eval_batch * s.eval_block_len
+    return Footprint((blocks,), per_layer=bt * 2 * m.kv_dim * b, each=bt * infer_token_bytes(m, b),
+                     last=bt * logits_bytes(m, b))
+
+
 def evaluation(p: Planner, s: Settings) -> StageEstimate:
     """Zero-shot evaluation of the pruned model: ``N·(S·f_blk + f_head)`` forward only.
 
     Memory: one batch's block activations and logits, plus a KV cache of B sequences of T tokens
     (``2·kv·b`` per token and block) for the prefill/decode speed check.
     """
-    m, b, L = p.shape, p.bytes, p.shape.num_layers
+    m, L = p.shape, p.shape.num_layers
     S = L - s.removed(L)
-    bt = s.eval_batch * s.eval_block_len
-    fp = Footprint((S,), per_layer=bt * 2 * m.kv_dim * b, each=bt * infer_token_bytes(m, b), last=bt * logits_bytes(m, b))
+    fp = evaluation_footprint(p, s, S)
     flops = s.eval_tokens * m.forward_flops(s.eval_block_len, S)
     return p.row("zero-shot eval", f"{S} blocks, {s.eval_tokens:,} tok, T={s.eval_block_len}, B={s.eval_batch}", fp, flops)

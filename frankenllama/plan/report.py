@@ -53,10 +53,17 @@ def table(p) -> str:
         fits += " (offloaded)" if r.offloaded else ""
         lines.append(f"{r.name:<20} {r.what:<44} {mem} {r.host / GB:>5.2f} GB {_flops(r.forward_flops):>10} "
                      f"{_flops(r.backward_flops):>10} {_seconds(r.seconds):>9}  {fits}")
+    total = f"{'total':<20} {'every row but the co-located teacher':<44}".ljust(head.rindex("time") + 4 - 9)
+    lines += ["-" * len(head), f"{total}{_seconds(total_seconds(p)):>9}  (searches at their upper bound)"]
     lines += ["", f"memory: peak per device (weights + activations + cached streams + optimizer/LoRA state + KV), "
               f"GB = 1e9 bytes, capacity {p.devices.memory_bytes / GB:.1f} GB each; time at "
               f"{p.devices.tflops:g} TFLOP/s on one device at a time (device_map runs blocks in sequence)"]
     return "\n".join(lines)
+
+
+def total_seconds(p) -> float:
+    """The whole run's time: every row but the co-located teacher's, the alternative to the cached targets."""
+    return sum(r.seconds for r in p.stages if "co-located" not in r.what)
 
 
 def as_json(p) -> str:
@@ -64,18 +71,25 @@ def as_json(p) -> str:
               for r in p.stages]
     return json.dumps({"model": p.model, "shape": dataclasses.asdict(p.shape), "devices": dataclasses.asdict(p.devices),
                        "dtype": str(p.dtype), "settings": dataclasses.asdict(p.settings),
-                       "placement": {str(k): v for k, v in p.placement.weights.items()}, "stages": stages}, indent=2)
+                       "placement": {str(k): v for k, v in p.placement.weights.items()}, "stages": stages,
+                       "total_seconds": total_seconds(p)}, indent=2)
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    """The workload of every stage from the options (defaults: ``Settings``)."""
-    base = Settings.from_profile()
+    """The workload of every stage from the options: compress's run at ``--target`` (``Settings.from_compress``),
+    else the notebooks' stages (``Settings.from_profile``), each of ``--profile``; single options override."""
+    if args.target is not None and args.k is not None:
+        raise UsageError("--k and --target both set how much is removed; give one (--target plans compress's run)")
+    base = Settings.from_compress(args.profile) if args.target is not None else Settings.from_profile(args.profile)
     for name in ("calib_tokens", "score_tokens", "tokens", "eval_tokens", "block_len", "batch_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     fields = {"calib_tokens": args.calib_tokens, "score_tokens": args.score_tokens, "heal_tokens": args.tokens,
               "eval_tokens": args.eval_tokens, "k": args.k, "recipe": args.heal}
+    if args.target is not None and args.heal is not None and args.heal != base.recipe:
+        raise UsageError(f"--heal {args.heal}: with --target the plan is compress's run, which heals with "
+                         f"{base.recipe}; leave --heal out, or drop --target to plan the notebooks' stages")
     if args.block_len is not None:
         fields.update(calib_block_len=args.block_len, score_block_len=args.block_len, heal_block_len=args.block_len,
                       eval_block_len=args.block_len)
@@ -86,18 +100,26 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
+    from frankenllama.compress.target import TargetError
     from frankenllama.models import UnsupportedModelError
-    from frankenllama.plan import plan
+    from frankenllama.plan import meta_model, plan, removed_blocks
 
     try:
         devices = parse_devices(args.devices, args.throughput)
     except DeviceSpecError as err:
         raise UsageError(str(err)) from None
     settings = settings_from(args)
-    print(f"planning {args.model} on {devices.describe()} (meta device, no weights read)", file=sys.stderr)
+    if args.target is not None:  # the blocks it removes, before any output: a target the model meets fails here
+        try:
+            settings = dataclasses.replace(settings, k=removed_blocks(args.target, meta_model(args.model)))
+        except (UnsupportedModelError, TargetError) as err:
+            raise UsageError(str(err)) from None
+    what = (f"compress --target {args.target} --profile {args.profile}" if args.target
+            else f"the notebooks' stages ({args.profile} profile)")
+    print(f"planning {what} for {args.model} on {devices.describe()} (meta device, no weights read)", file=sys.stderr)
     try:
         result = plan(args.model, devices, settings)
-    except UnsupportedModelError as err:
+    except (UnsupportedModelError, TargetError) as err:
         raise UsageError(str(err)) from None
     if settings.k is not None and not 1 <= settings.k < result.shape.num_layers:
         raise UsageError(f"--k {settings.k}: must remove between 1 and {result.shape.num_layers - 1} blocks")
@@ -118,11 +140,19 @@ def add_parser(sub) -> None:
     d = Settings.from_profile()
     parser = sub.add_parser("plan", help="per-stage memory, FLOPs and time of a model from its config alone",
                             description="Estimate, from the model's config alone (no weight is read), the memory, "
-                                        "FLOPs and time of each stage of compressing it on DEVICES: similarity pass, "
-                                        "ablation scan, greedy searches, healing, zero-shot evaluation. Values in "
-                                        "brackets are the default profile's.",
+                                        "FLOPs and time of each stage of compressing it on DEVICES. With --target: "
+                                        "the run of `compress --target T` (part-swap's searches, the linear patch, "
+                                        "distillation, the report's evaluation of both models). Without: the stages "
+                                        "of notebooks 01-04 (similarity pass, ablation scan, greedy searches, "
+                                        "healing, zero-shot evaluation). Values in brackets are the notebooks' "
+                                        "default profile's.",
                             formatter_class=HelpFormatter)
     parser.add_argument("--model", required=True, help="config.json, a folder holding one, or a cached registry name")
+    parser.add_argument("--target", default=None,
+                        help="plan `compress --target T` (0.8, 110M, 200MB@bf16 or 24L): its profile's budgets and "
+                             "the blocks' worth the target removes")
+    parser.add_argument("--profile", default="default", choices=("default", "thesis", "smoke"),
+                        help="whose budgets: compress's (with --target) or the notebooks' profile")
     parser.add_argument("--devices", default="cpu", help="device spec: cpu, cpu-64GB, A100-40GB, 2xH100-80GB, 4x24GB")
     parser.add_argument("--throughput", type=float, default=None,
                         help="sustained TFLOP/s per device (default: per device kind, see frankenllama.plan.devices)")
@@ -134,10 +164,11 @@ def add_parser(sub) -> None:
                              f"{d.score_block_len}, healing/eval {d.heal_block_len}]")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"blocks per batch, every stage [similarity {d.calib_batch}, others {d.score_batch}]")
-    parser.add_argument("--k", type=int, default=None, help="blocks to remove [20%% of the blocks]")
-    parser.add_argument("--heal", default=d.recipe, type=_recipe,
+    parser.add_argument("--k", type=int, default=None, help="blocks to remove [20%% of the blocks; with --target, "
+                                                             "what the target removes]")
+    parser.add_argument("--heal", default=None, type=_recipe,
                         help=f"healing recipe ({', '.join(sorted(ADAPTERS))}) or a composition joined by '+', "
-                             "e.g. linear-patch+kd-lora")
+                             f"e.g. linear-patch+kd-lora [{d.recipe}; with --target compress's]")
     parser.add_argument("--tokens", type=int, default=None, help=f"healing token budget [{d.heal_tokens}]")
     parser.add_argument("--eval-tokens", type=int, default=None, help=f"zero-shot evaluation tokens [{d.eval_tokens}]")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")

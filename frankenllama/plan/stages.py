@@ -27,6 +27,7 @@ so several devices add memory, not speed (data parallelism, issue 13's third bul
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,12 @@ from frankenllama.plan.placement import Placement, place, truncated
 from frankenllama.plan.shapes import ModelShape
 
 F32 = 4
+# tokens of one zero-shot item as the evaluator runs it (its context and every choice in one packed row, in the chat
+# template), per registry task: the mean over 200 items (seed 0) on SmolLM2's tokenizer (session 25); other
+# tokenizers differ by a few tens of percent. A task not listed (a user's .jsonl file) counts ITEM_TOKENS_OTHER.
+ITEM_TOKENS = {"arc_easy": 72, "arc_challenge": 83, "hellaswag": 194, "piqa": 84, "winogrande": 103, "boolq": 170,
+               "openbookqa": 55, "sciq": 143}
+ITEM_TOKENS_OTHER = 120
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,14 @@ class Settings:
     eval_tokens: int = 1_048_576  # zero-shot evaluation: tokens scored (choices × items × length)
     eval_block_len: int = 256
     eval_batch: int = 4
+    # compress's run (``Settings.from_compress``): the part-swap rows, the patch's own calibration tokens, and an
+    # evaluation of both the original and the compressed model (zero-shot and held-out perplexity)
+    workload: str = "notebooks"  # "notebooks" (the stages of notebooks 01-04) or "compress"
+    patch_tokens: int | None = None  # the linear patch's calibration tokens (None: heal_tokens)
+    sublayer_tokens: int = 512  # the one-sub-block-out scan (part-swap's cost): calibration tokens
+    part_width: int = 4  # part-swap: kept attentions tried in place of each removed one
+    part_rounds: int = 1  # part-swap: swap rounds (an upper bound)
+    ppl_tokens: int = 0  # held-out perplexity tokens per model (both domains)
 
     def removed(self, num_layers: int) -> int:
         return self.k if self.k is not None else max(1, round(0.2 * num_layers))
@@ -73,7 +88,35 @@ class Settings:
         return cls(calib_tokens=sim.data.n_blocks * sim.data.block_len, calib_block_len=sim.data.block_len,
                    calib_batch=sim.batch_size, score_tokens=score.calib.n_blocks * score.calib.block_len,
                    score_block_len=score.calib.block_len, score_batch=score.batch_size, heal_tokens=heal.tokens,
-                   heal_block_len=heal.block_len, heal_batch=heal.batch_size, kd_top_k=heal.kd_top_k)
+                   heal_block_len=heal.block_len, heal_batch=heal.batch_size, kd_top_k=heal.kd_top_k,
+                   sublayer_tokens=(score.sublayer_blocks or score.calib.n_blocks) * score.calib.block_len)
+
+    @classmethod
+    def from_compress(cls, profile: str = "default", eval_tokens: int | None = None) -> Settings:
+        """What ``python -m frankenllama compress --profile profile`` runs with its default strategy and recipe
+        (part-swap; linear-patch+kd-lora): the pruning profile's scoring, the patch's calibration tokens, the
+        training budget and LoRA rank, and the evaluation of the original and the compressed model.
+
+        ``eval_tokens``: the zero-shot tokens of one model; default: the profile's items per task (every item
+        where the profile scores them all) times the task's tokens per item (``ITEM_TOKENS``).
+        """
+        from frankenllama.compress.config import (DEFAULT_HEAL, DEFAULT_HEAL_OPTIONS, DEFAULT_STRATEGY, PROFILES,
+                                                  CompressConfig)
+        from frankenllama.eval.tasks import load_task
+
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+        c = CompressConfig(model="", target="0.8", profile=profile, **PROFILES[profile])
+        base = cls.from_profile(profile)
+        if eval_tokens is None:
+            eval_tokens = sum((len(load_task(t).docs) if c.eval_items is None else c.eval_items)
+                              * ITEM_TOKENS.get(str(t), ITEM_TOKENS_OTHER) for t in c.tasks)
+        return dataclasses.replace(
+            base, workload="compress", recipe=DEFAULT_HEAL, heal_tokens=c.tokens, patch_tokens=c.calib_tokens,
+            heal_block_len=c.block_len, heal_batch=c.train_batch, kd_top_k=c.kd_top_k,
+            lora_rank=dict(DEFAULT_HEAL_OPTIONS)["lora_rank"], eval_tokens=eval_tokens, eval_block_len=c.block_len,
+            eval_batch=c.batch_size, ppl_tokens=2 * c.eval_blocks * c.block_len,
+            part_rounds=1 if DEFAULT_STRATEGY == "part-swap" else 0)
 
 
 @dataclass
