@@ -256,3 +256,20 @@ def test_compress_plan_cli(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["settings"]["workload"] == "compress" and out["settings"]["k"] == 8
     assert [s["name"] for s in out["stages"]][-1] == "evaluate both"
+
+
+def test_sleb_row_counts_the_shortlist(tmp_path):
+    LlamaConfig(**(TINY | {"num_hidden_layers": 6})).save_pretrained(tmp_path)
+    m = model_shape(meta_model(str(tmp_path)))
+    T, N = 128, 1024
+    f, h = m.block_flops(T), m.head_flops()
+
+    def sleb(shortlist):
+        settings = Settings(k=3, score_tokens=N, score_block_len=T, shortlist=shortlist)
+        return next(r for r in plan(str(tmp_path), "cpu", settings).stages if r.name == "SLEB greedy").forward_flops
+
+    # step 0 is the ablation scan's; steps 1 and 2 have 5 and 4 alive blocks, each candidate runs about half of them
+    exact = N * (6 * f + (5 + 1) * 5 / 2 * f + 5 * h + (4 + 1) * 4 / 2 * f + 4 * h)
+    short = N * (6 * f + (2 + 1) * 5 / 2 * f + 2 * h + (2 + 1) * 4 / 2 * f + 2 * h)
+    assert sleb(None) == pytest.approx(exact) and sleb(2) == pytest.approx(short)
+    assert Settings.from_profile().shortlist == 8  # the default profile's greedy searches

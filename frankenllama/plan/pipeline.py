@@ -65,17 +65,20 @@ def search_footprint(p: Planner, s: Settings) -> Footprint:
 def sleb_search(p: Planner, s: Settings) -> StageEstimate:
     """SLEB greedy removal to k (Song et al. 2024, arXiv:2402.09025), cached streams.
 
-    Step j (j blocks removed, A = L − j alive): every alive candidate runs the alive blocks after it
-    (A(A − 1)/2 block runs) and an LM head; then the streams are refreshed from the chosen block
-    (≤ A/2 on average). FLOPs: ``N·(L·f_blk + Σ_j [(A(A−1)/2 + A/2)·f_blk + A·f_head])``.
+    The first step reads the one-block-out ablation scan (a row of its own). Step j ≥ 1 (j blocks
+    removed, A = L − j alive): each of its C candidates (every alive block, or the ``shortlist``)
+    runs the alive blocks after it (≈ A/2 on average) and an LM head; then the streams are refreshed
+    from the chosen block (≈ A/2). FLOPs: ``N·(L·f_blk + Σ_{j≥1} [(C + 1)·A/2·f_blk + C·f_head])``.
     """
     m, L, T = p.shape, p.shape.num_layers, s.score_block_len
     k = s.removed(L)
     per_token = L * m.block_flops(T)
-    for j in range(k):
+    for j in range(1, k):
         alive = L - j
-        per_token += (alive * (alive - 1) / 2 + alive / 2) * m.block_flops(T) + alive * m.head_flops()
-    return p.row("SLEB greedy", f"to k={k}, {s.score_tokens:,} tok", search_footprint(p, s), s.score_tokens * per_token)
+        c = alive if s.shortlist is None else min(alive, s.shortlist)
+        per_token += (c + 1) * alive / 2 * m.block_flops(T) + c * m.head_flops()
+    what = f"to k={k}, {s.score_tokens:,} tok" + ("" if s.shortlist is None else f", shortlist {s.shortlist}")
+    return p.row("SLEB greedy", what, search_footprint(p, s), s.score_tokens * per_token)
 
 
 def swap_search(p: Planner, s: Settings) -> StageEstimate:

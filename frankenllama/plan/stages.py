@@ -57,6 +57,7 @@ class Settings:
     score_batch: int = 4
     k: int | None = None  # blocks removed (None: 20 % of L, the workbook's heal_k for SmolLM2)
     swap_rounds: int = 8  # swap search's max_rounds (an upper bound: it stops when no swap helps)
+    shortlist: int | None = None  # the greedy searches' shortlist after their first step (None: every candidate)
     recipe: str = "kd-lora"
     heal_tokens: int = 16_384
     heal_block_len: int = 256
@@ -89,7 +90,8 @@ class Settings:
                    calib_batch=sim.batch_size, score_tokens=score.calib.n_blocks * score.calib.block_len,
                    score_block_len=score.calib.block_len, score_batch=score.batch_size, heal_tokens=heal.tokens,
                    heal_block_len=heal.block_len, heal_batch=heal.batch_size, kd_top_k=heal.kd_top_k,
-                   sublayer_tokens=(score.sublayer_blocks or score.calib.n_blocks) * score.calib.block_len)
+                   sublayer_tokens=(score.sublayer_blocks or score.calib.n_blocks) * score.calib.block_len,
+                   shortlist=score.shortlist)
 
     @classmethod
     def from_compress(cls, profile: str = "default", eval_tokens: int | None = None) -> Settings:
