@@ -214,6 +214,9 @@ def test_compress_workload_is_compress_profile():
         "compress", c.heal, c.tokens, c.calib_tokens, 32)
     assert s.eval_tokens == c.eval_items * sum(ITEM_TOKENS[t] for t in c.tasks)
     assert s.ppl_tokens == 2 * c.eval_blocks * c.block_len
+    notebooks = Settings.from_profile()  # notebook 04's default: 50 items of each of its three tasks, rank 8
+    assert notebooks.eval_tokens == 50 * (ITEM_TOKENS["arc_easy"] + ITEM_TOKENS["piqa"] + ITEM_TOKENS["hellaswag"])
+    assert notebooks.lora_rank == 8 and notebooks.workload == "notebooks"
     thesis = Settings.from_compress("thesis")
     assert thesis.heal_tokens == PROFILES["thesis"]["tokens"] and thesis.eval_tokens > 20 * s.eval_tokens  # every item
     with pytest.raises(ValueError, match="unknown profile 'fast'"):

@@ -164,8 +164,8 @@ def add_parser(sub) -> None:
                              f"{d.score_block_len}, healing/eval {d.heal_block_len}]")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"blocks per batch, every stage [similarity {d.calib_batch}, others {d.score_batch}]")
-    parser.add_argument("--k", type=int, default=None, help="blocks to remove [20%% of the blocks; with --target, "
-                                                             "what the target removes]")
+    parser.add_argument("--k", type=int, default=None,
+                        help="blocks to remove [20%% of the blocks]; not with --target, which sets it")
     parser.add_argument("--heal", default=None, type=_recipe,
                         help=f"healing recipe ({', '.join(sorted(ADAPTERS))}) or a composition joined by '+', "
                              f"e.g. linear-patch+kd-lora [{d.recipe}; with --target compress's]")

@@ -64,7 +64,7 @@ class Settings:
     heal_batch: int = 4
     lora_rank: int = 8
     kd_top_k: int = 64
-    eval_tokens: int = 1_048_576  # zero-shot evaluation: tokens scored (choices × items × length)
+    eval_tokens: int = 1_048_576  # zero-shot evaluation: tokens one model runs (the profiles': ``zero_shot_tokens``)
     eval_block_len: int = 256
     eval_batch: int = 4
     # compress's run (``Settings.from_compress``): the part-swap rows, the patch's own calibration tokens, and an
@@ -85,13 +85,14 @@ class Settings:
         from frankenllama.stages.profiles import build
 
         run = build(name)
-        sim, score, heal = run.similarity, run.pruning.scoring, run.healing
+        sim, score, heal, tasks = run.similarity, run.pruning.scoring, run.healing, run.evaluation.tasks
         return cls(calib_tokens=sim.data.n_blocks * sim.data.block_len, calib_block_len=sim.data.block_len,
                    calib_batch=sim.batch_size, score_tokens=score.calib.n_blocks * score.calib.block_len,
                    score_block_len=score.calib.block_len, score_batch=score.batch_size, heal_tokens=heal.tokens,
                    heal_block_len=heal.block_len, heal_batch=heal.batch_size, kd_top_k=heal.kd_top_k,
+                   lora_rank=heal.lora_rank, shortlist=score.shortlist,
                    sublayer_tokens=(score.sublayer_blocks or score.calib.n_blocks) * score.calib.block_len,
-                   shortlist=score.shortlist)
+                   eval_tokens=zero_shot_tokens(tasks.tasks, tasks.limit), eval_block_len=run.evaluation.block_len)
 
     @classmethod
     def from_compress(cls, profile: str = "default", eval_tokens: int | None = None) -> Settings:
@@ -104,21 +105,27 @@ class Settings:
         """
         from frankenllama.compress.config import (DEFAULT_HEAL, DEFAULT_HEAL_OPTIONS, DEFAULT_STRATEGY, PROFILES,
                                                   CompressConfig)
-        from frankenllama.eval.tasks import load_task
 
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
         c = CompressConfig(model="", target="0.8", profile=profile, **PROFILES[profile])
         base = cls.from_profile(profile)
-        if eval_tokens is None:
-            eval_tokens = sum((len(load_task(t).docs) if c.eval_items is None else c.eval_items)
-                              * ITEM_TOKENS.get(str(t), ITEM_TOKENS_OTHER) for t in c.tasks)
+        eval_tokens = zero_shot_tokens(c.tasks, c.eval_items) if eval_tokens is None else eval_tokens
         return dataclasses.replace(
             base, workload="compress", recipe=DEFAULT_HEAL, heal_tokens=c.tokens, patch_tokens=c.calib_tokens,
             heal_block_len=c.block_len, heal_batch=c.train_batch, kd_top_k=c.kd_top_k,
             lora_rank=dict(DEFAULT_HEAL_OPTIONS)["lora_rank"], eval_tokens=eval_tokens, eval_block_len=c.block_len,
             eval_batch=c.batch_size, ppl_tokens=2 * c.eval_blocks * c.block_len,
             part_rounds=1 if DEFAULT_STRATEGY == "part-swap" else 0)
+
+
+def zero_shot_tokens(tasks, limit: int | None) -> int:
+    """Tokens one model runs to score ``limit`` items (``None``: every item) of each of ``tasks``
+    (``ITEM_TOKENS`` per item; a task not listed counts ``ITEM_TOKENS_OTHER``)."""
+    from frankenllama.eval.tasks import load_task
+
+    return sum((len(load_task(t).docs) if limit is None else limit) * ITEM_TOKENS.get(str(t), ITEM_TOKENS_OTHER)
+               for t in tasks)
 
 
 @dataclass
