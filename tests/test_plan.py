@@ -239,6 +239,8 @@ def test_compress_plan_on_llama_8b():
     # the original (32 blocks) and the pruned model (24), plus perplexity
     assert rows["evaluate both"].forward_flops > 2 * one.forward_flops
     assert plan(config, "1xH100-80GB", Settings.from_compress(), target="24L").settings.k == 8
+    bounds = {"SLEB greedy", "swap search", "part-swap search", "linear patch"}  # work the run may skip
+    assert all(r.upper_bound == (r.name in bounds) for r in p.stages)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -259,6 +261,13 @@ def test_compress_plan_cli(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["settings"]["workload"] == "compress" and out["settings"]["k"] == 8
     assert [s["name"] for s in out["stages"]][-1] == "evaluate both"
+    rows = {s["name"]: s for s in out["stages"]}
+    assert rows["swap search"]["upper_bound"] and not rows["teacher top-k pass"]["upper_bound"]
+    assert out["total_seconds"] == pytest.approx(sum(s["seconds"] for s in out["stages"] if "co-located" not in s["what"]))
+    assert main(argv[:-1]) == 0  # the table: bounds marked, and a total
+    table = capsys.readouterr().out
+    assert "<= " in next(line for line in table.splitlines() if line.startswith("swap search"))
+    assert "<= " in next(line for line in table.splitlines() if line.startswith("total"))
 
 
 def test_sleb_row_counts_the_shortlist(tmp_path):

@@ -85,7 +85,7 @@ def linear_patch(p: Planner, s: Settings) -> StageEstimate:
     fp = Footprint((S, L), each=bt * infer_token_bytes(m, b), first=2 * m.hidden**2 * 8)
     tokens = s.heal_tokens if s.patch_tokens is None else s.patch_tokens
     flops = tokens * ((L + S) * m.block_flops(s.heal_block_len) + 4 * m.hidden**2)
-    return p.row("linear patch", f"fit on {tokens:,} tok (teacher + student)", fp, flops)
+    return p.row("linear patch", f"fit on {tokens:,} tok (teacher + student)", fp, flops, upper_bound=True)
 
 
 def recipe_steps(recipe: str) -> list[str]:

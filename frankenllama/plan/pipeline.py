@@ -78,7 +78,7 @@ def sleb_search(p: Planner, s: Settings) -> StageEstimate:
         c = alive if s.shortlist is None else min(alive, s.shortlist)
         per_token += (c + 1) * alive / 2 * m.block_flops(T) + c * m.head_flops()
     what = f"to k={k}, {s.score_tokens:,} tok" + ("" if s.shortlist is None else f", shortlist {s.shortlist}")
-    return p.row("SLEB greedy", what, search_footprint(p, s), s.score_tokens * per_token)
+    return p.row("SLEB greedy", what, search_footprint(p, s), s.score_tokens * per_token, upper_bound=True)
 
 
 def swap_search(p: Planner, s: Settings) -> StageEstimate:
@@ -90,7 +90,7 @@ def swap_search(p: Planner, s: Settings) -> StageEstimate:
     candidates = k * min(2 * k, L - k)
     per_token = L * m.block_flops(T) + s.swap_rounds * candidates * (L / 2 * m.block_flops(T) + m.head_flops())
     return p.row("swap search", f"k={k}, <= {s.swap_rounds} rounds x {candidates} swaps", search_footprint(p, s),
-                 s.score_tokens * per_token)
+                 s.score_tokens * per_token, upper_bound=True)
 
 
 def sublayer_scan(p: Planner, s: Settings) -> StageEstimate:
@@ -114,7 +114,7 @@ def part_swap(p: Planner, s: Settings) -> StageEstimate:
     k, W, R = s.removed(L), s.part_width, s.part_rounds
     per_token = L * m.block_flops(T) + R * W * ((k + 1) * L / 2 * m.block_flops(T) + k * m.head_flops())
     return p.row("part-swap search", f"{R} round x {W * k} swaps of attentions", search_footprint(p, s),
-                 s.score_tokens * per_token)
+                 s.score_tokens * per_token, upper_bound=True)
 
 
 def compress_evaluation(p: Planner, s: Settings) -> StageEstimate:

@@ -45,17 +45,21 @@ def table(p) -> str:
     ]
     keys = sorted({k for r in p.stages for k in r.memory}, key=lambda k: (isinstance(k, str), str(k)))
     head = f"{'stage':<20} {'workload':<44} " + " ".join(f"{_device_name(k, not p.devices.is_cpu):>13}" for k in keys)
-    head += f" {'host':>8} {'fwd FLOPs':>10} {'bwd FLOPs':>10} {'time':>9}  fits"
+    head += f" {'host':>8} {'fwd FLOPs':>10} {'bwd FLOPs':>10} {'time':>12}  fits"
     lines += [head, "-" * len(head)]
     for r in p.stages:
         mem = " ".join(f"{r.memory.get(k, 0) / GB:>10.2f} GB" for k in keys)
         fits = "yes" if r.fits else "NO"
         fits += " (offloaded)" if r.offloaded else ""
+        time = ("<= " if r.upper_bound else "") + _seconds(r.seconds)
         lines.append(f"{r.name:<20} {r.what:<44} {mem} {r.host / GB:>5.2f} GB {_flops(r.forward_flops):>10} "
-                     f"{_flops(r.backward_flops):>10} {_seconds(r.seconds):>9}  {fits}")
-    total = f"{'total':<20} {'every row but the co-located teacher':<44}".ljust(head.rindex("time") + 4 - 9)
-    lines += ["-" * len(head), f"{total}{_seconds(total_seconds(p)):>9}  (searches at their upper bound)"]
-    lines += ["", f"memory: peak per device (weights + activations + cached streams + optimizer/LoRA state + KV), "
+                     f"{_flops(r.backward_flops):>10} {time:>12}  {fits}")
+    total = f"{'total':<20} {'every row but the co-located teacher':<44}".ljust(head.rindex("time") + 4 - 12)
+    bound = "<= " if any(r.upper_bound for r in p.stages) else ""
+    lines += ["-" * len(head), f"{total}{bound + _seconds(total_seconds(p)):>12}"]
+    lines += ["", "<= : an upper bound (a search's every trial run to the end; the exact bound abandons most of them; "
+              "the linear patch's passes over the whole model)",
+              f"memory: peak per device (weights + activations + cached streams + optimizer/LoRA state + KV), "
               f"GB = 1e9 bytes, capacity {p.devices.memory_bytes / GB:.1f} GB each; time at "
               f"{p.devices.tflops:g} TFLOP/s on one device at a time (device_map runs blocks in sequence)"]
     return "\n".join(lines)

@@ -151,6 +151,7 @@ class StageEstimate:
     forward_flops: float
     backward_flops: float
     seconds: float
+    upper_bound: bool = False  # FLOPs and time count work the run may skip (a search's abandoned trials)
 
     @property
     def fits(self) -> bool:
@@ -213,7 +214,9 @@ class Planner:
             self._placements[num_layers] = place(model, self.devices, self.dtype)
         return self._placements[num_layers]
 
-    def row(self, name: str, what: str, fp: Footprint, forward: float, backward: float = 0.0) -> StageEstimate:
+    def row(self, name: str, what: str, fp: Footprint, forward: float, backward: float = 0.0,
+            upper_bound: bool = False) -> StageEstimate:
         memory = peak_memory(fp, [self.placement(n) for n in fp.models])
         seconds = (forward + backward) / (self.devices.tflops * 1e12)
-        return StageEstimate(name, what, memory, self.devices.memory_bytes, fp.host, forward, backward, seconds)
+        return StageEstimate(name, what, memory, self.devices.memory_bytes, fp.host, forward, backward, seconds,
+                             upper_bound)
