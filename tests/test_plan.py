@@ -262,6 +262,10 @@ def test_compress_plan_cli(capsys):
     assert out["settings"]["workload"] == "compress" and out["settings"]["k"] == 8
     assert [s["name"] for s in out["stages"]][-1] == "evaluate both"
     rows = {s["name"]: s for s in out["stages"]}
+    assert main([*argv, "--calib-tokens", "65536", "--tokens", "1024"]) == 0  # compress's own flags and meanings
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert (settings["patch_tokens"], settings["heal_tokens"]) == (65536, 1024)
+    assert settings["calib_tokens"] == out["settings"]["calib_tokens"]  # the similarity pass's, as compress keeps it
     assert rows["swap search"]["upper_bound"] and not rows["teacher top-k pass"]["upper_bound"]
     assert out["total_seconds"] == pytest.approx(sum(s["seconds"] for s in out["stages"] if "co-located" not in s["what"]))
     assert main(argv[:-1]) == 0  # the table: bounds marked, and a total

@@ -91,6 +91,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     fields = {"calib_tokens": args.calib_tokens, "score_tokens": args.score_tokens, "heal_tokens": args.tokens,
               "eval_tokens": args.eval_tokens, "k": args.k, "recipe": args.heal}
+    if args.target is not None:  # compress's own flags: --calib-tokens is the linear patch's
+        fields["patch_tokens"] = fields.pop("calib_tokens")
     if args.target is not None and args.heal is not None and args.heal != base.recipe:
         raise UsageError(f"--heal {args.heal}: with --target the plan is compress's run, which heals with "
                          f"{base.recipe}; leave --heal out, or drop --target to plan the notebooks' stages")
@@ -160,7 +162,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--devices", default="cpu", help="device spec: cpu, cpu-64GB, A100-40GB, 2xH100-80GB, 4x24GB")
     parser.add_argument("--throughput", type=float, default=None,
                         help="sustained TFLOP/s per device (default: per device kind, see frankenllama.plan.devices)")
-    parser.add_argument("--calib-tokens", type=int, default=None, help=f"similarity pass tokens [{d.calib_tokens}]")
+    parser.add_argument("--calib-tokens", type=int, default=None,
+                        help=f"similarity pass tokens [{d.calib_tokens}]; with --target, as compress's --calib-tokens: "
+                             "the linear patch's calibration tokens")
     parser.add_argument("--score-tokens", type=int, default=None,
                         help=f"ablation scan and search calibration tokens [{d.score_tokens}]")
     parser.add_argument("--block-len", type=int, default=None,
