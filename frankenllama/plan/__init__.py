@@ -76,12 +76,10 @@ def plan(model: str, devices: DeviceSpec | str = "cpu", settings: Settings | Non
     shape = model_shape(skeleton)
     dtype = compute_dtype(devices)
     planner = Planner(skeleton, shape, devices, dtype)
-    if settings.workload == "compress":  # part-swap's searches, the recipe, both models evaluated
-        parts = [sublayer_scan(planner, settings), part_swap(planner, settings)] if settings.part_rounds else []
-        rows = [similarity_pass(planner, settings), ablation_scan(planner, settings), *parts[:1],
-                sleb_search(planner, settings), swap_search(planner, settings), *parts[1:],
-                *healing_rows(planner, settings), compress_evaluation(planner, settings)]
-    else:
-        rows = [similarity_pass(planner, settings), ablation_scan(planner, settings), sleb_search(planner, settings),
-                swap_search(planner, settings), *healing_rows(planner, settings), evaluation(planner, settings)]
+    compress = settings.workload == "compress"  # part-swap's searches, the recipe, both models evaluated
+    parts = compress and settings.part_rounds > 0
+    rows = [similarity_pass(planner, settings), ablation_scan(planner, settings),
+            *([sublayer_scan(planner, settings)] if parts else []), sleb_search(planner, settings),
+            swap_search(planner, settings), *([part_swap(planner, settings)] if parts else []),
+            *healing_rows(planner, settings), (compress_evaluation if compress else evaluation)(planner, settings)]
     return Plan(str(model), shape, devices, dtype, settings, planner.placement(shape.num_layers), rows)

@@ -91,11 +91,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
             raise UsageError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
     fields = {"calib_tokens": args.calib_tokens, "score_tokens": args.score_tokens, "heal_tokens": args.tokens,
               "eval_tokens": args.eval_tokens, "k": args.k, "recipe": args.heal}
-    if args.target is not None:  # compress's own flags: --calib-tokens is the linear patch's
+    if args.target is not None:  # compress's run, under compress's own flags: --calib-tokens is the linear patch's
+        if args.heal is not None and args.heal != base.recipe:
+            raise UsageError(f"--heal {args.heal}: with --target the plan is compress's run, which heals with "
+                             f"{base.recipe}; leave --heal out, or drop --target to plan the notebooks' stages")
         fields["patch_tokens"] = fields.pop("calib_tokens")
-    if args.target is not None and args.heal is not None and args.heal != base.recipe:
-        raise UsageError(f"--heal {args.heal}: with --target the plan is compress's run, which heals with "
-                         f"{base.recipe}; leave --heal out, or drop --target to plan the notebooks' stages")
     if args.block_len is not None:
         fields.update(calib_block_len=args.block_len, score_block_len=args.block_len, heal_block_len=args.block_len,
                       eval_block_len=args.block_len)
