@@ -72,7 +72,8 @@ def heal(p: Planner, s: Settings, colocated: bool) -> StageEstimate:
         fp.last += bt * logits_bytes(m, b)
         fwd += s.heal_tokens * m.forward_flops(s.heal_block_len)
     where = "teacher co-located" if colocated else ("cached teacher targets" if s.recipe in DISTILLS else "no teacher")
-    return p.row(f"heal {s.recipe}", f"{where}, {s.heal_tokens:,} tok, B={s.heal_batch}", fp, fwd, bwd)
+    return p.row(f"heal {s.recipe}", f"{where}, {s.heal_tokens:,} tok, B={s.heal_batch}", fp, fwd, bwd,
+                 alternative=colocated)
 
 
 def linear_patch(p: Planner, s: Settings) -> StageEstimate:

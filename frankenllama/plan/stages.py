@@ -152,6 +152,7 @@ class StageEstimate:
     backward_flops: float
     seconds: float
     upper_bound: bool = False  # FLOPs and time count work the run may skip (a search's abandoned trials)
+    alternative: bool = False  # another route to the row before it (the co-located teacher): not in the total
 
     @property
     def fits(self) -> bool:
@@ -215,8 +216,8 @@ class Planner:
         return self._placements[num_layers]
 
     def row(self, name: str, what: str, fp: Footprint, forward: float, backward: float = 0.0,
-            upper_bound: bool = False) -> StageEstimate:
+            upper_bound: bool = False, alternative: bool = False) -> StageEstimate:
         memory = peak_memory(fp, [self.placement(n) for n in fp.models])
         seconds = (forward + backward) / (self.devices.tflops * 1e12)
         return StageEstimate(name, what, memory, self.devices.memory_bytes, fp.host, forward, backward, seconds,
-                             upper_bound)
+                             upper_bound, alternative)
