@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from frankenllama.plan.devices import DeviceSpec, DeviceSpecError, parse_devices
 from frankenllama.plan.healing import healing_rows
@@ -63,14 +64,15 @@ def removed_blocks(target: str, skeleton) -> int:
 
 
 def plan(model: str, devices: DeviceSpec | str = "cpu", settings: Settings | None = None,
-         target: str | None = None) -> Plan:
+         target: str | None = None, skeleton: nn.Module | None = None) -> Plan:
     """Every stage's estimate for ``model`` (config.json, folder or cached registry name) on ``devices``.
 
     ``target``: a size target as ``compress`` takes it; it sets the blocks removed (``settings.k``).
+    ``skeleton``: ``meta_model(model)`` where the caller has already built it.
     """
     devices = parse_devices(devices) if isinstance(devices, str) else devices
     settings = settings or Settings.from_profile()
-    skeleton = meta_model(model)
+    skeleton = meta_model(model) if skeleton is None else skeleton
     if target is not None:
         settings = dataclasses.replace(settings, k=removed_blocks(target, skeleton))
     shape = model_shape(skeleton)

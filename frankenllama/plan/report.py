@@ -114,17 +114,18 @@ def run(args: argparse.Namespace) -> int:
         devices = parse_devices(args.devices, args.throughput)
     except DeviceSpecError as err:
         raise UsageError(str(err)) from None
-    settings = settings_from(args)
+    settings, skeleton = settings_from(args), None
     if args.target is not None:  # the blocks it removes, before any output: a target the model meets fails here
         try:
-            settings = dataclasses.replace(settings, k=removed_blocks(args.target, meta_model(args.model)))
+            skeleton = meta_model(args.model)
+            settings = dataclasses.replace(settings, k=removed_blocks(args.target, skeleton))
         except (UnsupportedModelError, TargetError) as err:
             raise UsageError(str(err)) from None
     what = (f"compress --target {args.target} --profile {args.profile}" if args.target
             else f"the notebooks' stages ({args.profile} profile)")
     print(f"planning {what} for {args.model} on {devices.describe()} (meta device, no weights read)", file=sys.stderr)
     try:
-        result = plan(args.model, devices, settings)
+        result = plan(args.model, devices, settings, skeleton=skeleton)
     except (UnsupportedModelError, TargetError) as err:
         raise UsageError(str(err)) from None
     if settings.k is not None and not 1 <= settings.k < result.shape.num_layers:
