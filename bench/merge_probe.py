@@ -6,7 +6,8 @@ seeking common", λ = 1), so the kept block carries some of what the removed one
 the plain average of the m + 1 blocks (a mergekit ``linear`` merge). The recipe's cut (``PART_SWAP_20``)
 deletes the run 14-18. On 2,048 tokens of wiki-leads ``calib`` (the KL probe's blocks) this measures the KL
 to the original and the NLL of the cut with the run merged into block 19 (the block after it; attention,
-MLP and norms) or into 13's attention, at several λ, unhealed, against plain removal (λ = 0). One JSON line
+MLP and norms) or into 13's attention (the block before the run, where LaCo collapses a run; 13's MLP is part
+of the cut), at several λ, unhealed, against plain removal (λ = 0). One JSON line
 each, and a summary line appended to results/merge_probe.jsonl. A merge worth healing must keep clearly
 less KL than removal here, as the healing starts from it.
 
