@@ -129,3 +129,17 @@ def record(row: dict, got: dict, tag: str, items: int, results: Path) -> None:
         saved_run(tag, items).write_bytes(pickle.dumps(got))
     with results.open("a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+@torch.no_grad()
+def kl_and_nll(teacher, model, blocks: torch.Tensor, batch_size: int = 4) -> tuple[float, float]:
+    """Mean KL(original ‖ model) per position and mean next-token NLL of ``model`` on token ``blocks``."""
+    kl = nll = n = 0.0
+    for i in range(0, len(blocks), batch_size):
+        ids = blocks[i : i + batch_size]
+        ref = torch.log_softmax(teacher(ids).logits.float(), -1)
+        out = torch.log_softmax(model(ids).logits.float(), -1)
+        nll += float(-out[:, :-1].gather(-1, ids[:, 1:, None]).sum())
+        kl += float((ref.exp() * (ref - out)).sum())
+        n += ids[:, 1:].numel()
+    return kl / (n + len(blocks)), nll / n

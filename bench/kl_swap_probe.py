@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from _development import PART_SWAP_20  # bench/_development.py
+from _development import PART_SWAP_20, kl_and_nll  # bench/_development.py
 from frankenllama.stages.common import DataConfig, shared_model
 from frankenllama.sublayer import prune_sublayers
 from frankenllama.units import describe
@@ -37,18 +37,9 @@ blocks = DataConfig("wiki-leads", "calib", 128, 16).blocks(tok, teacher)  # 2,04
 t0 = time.time()
 
 
-@torch.no_grad()
 def stats(model) -> tuple[float, float]:
     """Mean KL(original ‖ model) per position and mean next-token NLL of ``model`` on the blocks."""
-    kl = nll = n = 0.0
-    for i in range(0, len(blocks), 4):
-        ids = blocks[i : i + 4]
-        ref = torch.log_softmax(teacher(ids).logits.float(), -1)
-        out = torch.log_softmax(model(ids).logits.float(), -1)
-        nll += float(-out[:, :-1].gather(-1, ids[:, 1:, None]).sum())
-        kl += float((ref.exp() * (ref - out)).sum())
-        n += ids[:, 1:].numel()
-    return kl / (n + len(blocks)), nll / n
+    return kl_and_nll(teacher, model, blocks)
 
 
 base = list(PART_SWAP_20)
